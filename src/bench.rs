@@ -1,0 +1,152 @@
+//! `smgeo bench model`: forward latency of both presets at CVOGL sizes (query
+//! 256×256, satellite 1024×1024, batch 1), full and with cached satellite features,
+//! plus parameter and analytic FLOP counts (one multiply-add = 2 FLOPs).
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+
+use crate::model::{self, ModelConfig, Preset, Trace};
+use crate::weights_cli::build;
+use crate::Result;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchModelArgs {
+    /// Presets to measure.
+    #[arg(long, value_enum, default_values_t = [Preset::Paper, Preset::Release])]
+    pub preset: Vec<Preset>,
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Intra-op threads (default: libtorch's choice, normally the core count).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    #[arg(long, default_value_t = 1)]
+    pub batch: i64,
+    #[arg(long, default_value = "256x256", value_parser = parse_hw)]
+    pub query: (i64, i64),
+    #[arg(long, default_value = "1024x1024", value_parser = parse_hw)]
+    pub sat: (i64, i64),
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+fn parse_hw(s: &str) -> std::result::Result<(i64, i64), String> {
+    let (w, h) = s.split_once('x').ok_or("expected WxH")?;
+    Ok((h.parse().map_err(|_| "bad H")?, w.parse().map_err(|_| "bad W")?))
+}
+
+/// Median, min, max, p90 of a sample of milliseconds.
+pub fn stats(mut v: Vec<f64>) -> Value {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    json!({"median": q(0.5), "min": v[0], "max": v[v.len() - 1], "p90": q(0.9), "n": v.len()})
+}
+
+fn sync(d: Device) {
+    if let Device::Cuda(i) = d {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn time_ms(dev: Device, runs: usize, warmup: usize, mut f: impl FnMut() -> Result<()>) -> Result<Value> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    sync(dev);
+    let mut ms = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        f()?;
+        sync(dev);
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(stats(ms))
+}
+
+pub fn bench_model(a: &BenchModelArgs) -> Result<Value> {
+    if let Some(t) = a.threads {
+        tch::set_num_threads(t);
+    }
+    let dev = crate::device::select(&a.device)?;
+    let mut results = Vec::new();
+    for &p in &a.preset {
+        let cfg = ModelConfig::preset(p);
+        tch::manual_seed(0);
+        let (vs, m) = build(&cfg, dev)?;
+        let q = Tensor::randn([a.batch, 4, a.query.0, a.query.1], (Kind::Float, dev));
+        let s = Tensor::randn([a.batch, 3, a.sat.0, a.sat.1], (Kind::Float, dev));
+        let full = time_ms(dev, a.runs, a.warmup, || {
+            tch::no_grad(|| m.forward_t(&q, &s, false, &mut Trace::off())).map(|_| ()).map_err(Into::into)
+        })?;
+        let rf = tch::no_grad(|| m.encode_reference(&s, false, &mut Trace::off()))?;
+        let cached = time_ms(dev, a.runs, a.warmup, || {
+            tch::no_grad(|| {
+                let qf = m.encode_query(&q, false, &mut Trace::off())?;
+                m.localise(qf, &rf, false, &mut Trace::off())
+            })
+            .map(|_| ())
+            .map_err(Into::into)
+        })?;
+        let (total, experts) = flops(&cfg, a.query, a.sat);
+        results.push(json!({
+            "preset": p.to_string(),
+            "params": model::count_params(&vs),
+            "full_forward_ms": full,
+            "cached_reference_forward_ms": cached,
+            "gflop_per_forward": (total * a.batch as f64) / 1e9,
+            "gflop_in_experts": (experts * a.batch as f64) / 1e9,
+        }));
+    }
+    Ok(json!({
+        "bench": "model",
+        "device": crate::device::describe(dev),
+        "threads": tch::get_num_threads(),
+        "batch": a.batch,
+        "query_hw": [a.query.0, a.query.1],
+        "sat_hw": [a.sat.0, a.sat.1],
+        "warmup": a.warmup,
+        "results": results,
+    }))
+}
+
+/// Analytic FLOPs of one forward (batch 1) as executed by this implementation (only
+/// the selected experts are counted). Returns (total, expert part).
+pub fn flops(cfg: &ModelConfig, q_hw: (i64, i64), s_hw: (i64, i64)) -> (f64, f64) {
+    let mut total = 0.0;
+    let mut experts = 0.0;
+    for (hw, cin) in [(q_hw, cfg.query_in_chans), (s_hw, cfg.sat_in_chans)] {
+        let (mut h, mut w) = (hw.0 / cfg.patch_size, hw.1 / cfg.patch_size);
+        total += 2.0 * (h * w * cfg.embed_dim * cin * cfg.patch_size * cfg.patch_size) as f64;
+        for i in 0..4 {
+            let c = cfg.stage_dim(i) as f64;
+            let n = (h * w) as f64;
+            for j in 0..cfg.depths[i] as usize {
+                let g = crate::model::swin::WindowGeom::new(h, w, cfg.window_size, false);
+                let np = (g.hp * g.wp) as f64;
+                let win = (g.wh * g.ww) as f64;
+                total += 2.0 * np * c * 3.0 * c + 4.0 * np * win * c + 2.0 * np * c * c;
+                let moe = cfg.is_moe(i, j);
+                if !moe || cfg.moe_beside_dense {
+                    total += 4.0 * n * c * c * cfg.ffn_ratio;
+                }
+                if moe {
+                    let e = 4.0 * n * c * c * cfg.expert_hidden_ratio * cfg.top_k as f64;
+                    experts += e;
+                    total += e + 2.0 * n * c * cfg.num_experts as f64;
+                }
+            }
+            if i < 3 {
+                total += 2.0 * (n / 4.0) * 4.0 * c * 2.0 * c;
+                h = (h + 1) / 2;
+                w = (w + 1) / 2;
+            }
+        }
+    }
+    let (hf, wf) = ((s_hw.0 / 32) as f64, (s_hw.1 / 32) as f64);
+    let (c3, f) = (cfg.stage_dim(3) as f64, cfg.head_feat_channels as f64);
+    total += 2.0 * hf * wf * 9.0 * (c3 * f + f * f) + 2.0 * hf * wf * f * 5.0;
+    (total, experts)
+}

@@ -1,0 +1,71 @@
+//! Command line (clap derive). `main` only parses and dispatches here.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::{bench, predict, weights_cli};
+
+/// smgeo: find the object clicked in drone video in satellite imagery and publish its
+/// WGS84 position (SMGeo model in libtorch).
+#[derive(Parser, Debug)]
+#[command(name = "smgeo", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `smgeo=debug`.
+    #[arg(long, global = true, env = "SMGEO_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// One localisation: query image + click against a reference image; prints JSON.
+    Predict(predict::PredictArgs),
+    /// Weight files: inspect, import official/ImageNet checkpoints, init, forward.
+    #[command(subcommand)]
+    Weights(weights_cli::WeightsCmd),
+    /// Benchmarks (JSON on stdout).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Which device and libtorch this binary uses.
+    Info {
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Model forward latency at CVOGL sizes, both presets.
+    Model(bench::BenchModelArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.cmd {
+        Cmd::Predict(a) => {
+            let p = predict::run(a)?;
+            println!("{}", serde_json::to_string(&p)?);
+        }
+        Cmd::Weights(w) => weights_cli::run(w)?,
+        Cmd::Bench(BenchCmd::Model(a)) => {
+            let v = bench::bench_model(a)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Cmd::Info { device } => {
+            let d = crate::device::select(device)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "device": crate::device::describe(d),
+                    "cuda_backend_loaded": crate::device::load_cuda_backend(),
+                    "cuda_available": tch::Cuda::is_available(),
+                    "cuda_devices": tch::Cuda::device_count(),
+                    "threads": tch::get_num_threads(),
+                    "version": env!("CARGO_PKG_VERSION"),
+                })
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

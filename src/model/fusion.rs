@@ -1,0 +1,54 @@
+//! Query-guided fusion (paper eq. 10): the query's global vector q is compared with
+//! every reference location, A = σ(⟨LN(F_ref), LN(q)⟩ / √C), fused = F_ref ⊙ A.
+//!
+//! q is pooled from the (normalised) last query stage: plain mean, or weighted by the
+//! click prior (query channel 3) average-pooled to the stage grid and raised to a
+//! power, so the vector describes the clicked object rather than the whole view.
+
+use tch::{nn, Kind, Tensor};
+
+use super::config::QueryPool;
+use super::layers::LayerNorm;
+
+#[derive(Debug)]
+pub struct Fusion {
+    norm_query: LayerNorm,
+    norm_ref: LayerNorm,
+    pool: QueryPool,
+    power: f64,
+}
+
+impl Fusion {
+    pub fn new(vs: &nn::Path, dim: i64, pool: QueryPool, power: f64) -> Self {
+        Fusion {
+            norm_query: LayerNorm::new(&(vs / "norm_query"), dim),
+            norm_ref: LayerNorm::new(&(vs / "norm_ref"), dim),
+            pool,
+            power,
+        }
+    }
+
+    /// `q_tokens`: (B, h, w, C) last query stage; `click`: (B, 1, Hq, Wq) prior map.
+    /// Returns q: (B, C).
+    pub fn pool_query(&self, q_tokens: &Tensor, click: &Tensor) -> Tensor {
+        match self.pool {
+            QueryPool::Mean => q_tokens.mean_dim(&[1i64, 2][..], false, Kind::Float),
+            QueryPool::Click => {
+                let (_, h, w, _) = q_tokens.size4().expect("(B, h, w, C)");
+                let m = click.adaptive_avg_pool2d([h, w]).clamp_min(0.0).pow_tensor_scalar(self.power); // (B,1,h,w)
+                let wts = &m / (m.sum_dim_intlist(&[2i64, 3][..], true, Kind::Float) + 1e-12);
+                let wts = wts.permute([0, 2, 3, 1]); // (B, h, w, 1)
+                (q_tokens * wts).sum_dim_intlist(&[1i64, 2][..], false, Kind::Float)
+            }
+        }
+    }
+
+    /// `f_ref`: (B, H, W, C), `q`: (B, C) → (fused (B, H, W, C), A (B, H, W)).
+    pub fn forward(&self, f_ref: &Tensor, q: &Tensor) -> (Tensor, Tensor) {
+        let c = *f_ref.size().last().expect("rank 4");
+        let r = self.norm_ref.forward(f_ref);
+        let qn = self.norm_query.forward(q).unsqueeze(1).unsqueeze(1); // (B,1,1,C)
+        let a = ((r * qn).sum_dim_intlist(-1, false, Kind::Float) / (c as f64).sqrt()).sigmoid();
+        (f_ref * a.unsqueeze(-1), a)
+    }
+}

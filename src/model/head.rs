@@ -1,0 +1,97 @@
+//! Anchor-free head (`head.*`, SMGEO_SPEC §5): conv3×3-BN-ReLU ×2, a 1×1 heatmap
+//! (logits, bias −2) and a 1×1 box map (dx, dy, w, h in feature cells), and the decode.
+
+use tch::{nn, Kind, Tensor};
+
+use super::layers::{BatchNorm2d, Conv2d};
+
+#[derive(Debug)]
+pub struct Head {
+    conv0: Conv2d,
+    bn1: BatchNorm2d,
+    conv3: Conv2d,
+    bn4: BatchNorm2d,
+    head_heatmap: Conv2d,
+    head_bbox: Conv2d,
+}
+
+impl Head {
+    pub fn new(vs: &nn::Path, c_in: i64, feat: i64) -> Self {
+        let conv = vs / "conv";
+        let head_heatmap = Conv2d::new(&(vs / "head_heatmap"), feat, 1, 1, 1, 0);
+        tch::no_grad(|| {
+            let _ = head_heatmap.bias.shallow_clone().fill_(-2.0);
+        });
+        Head {
+            conv0: Conv2d::new(&(&conv / 0), c_in, feat, 3, 1, 1),
+            bn1: BatchNorm2d::new(&(&conv / 1), feat),
+            conv3: Conv2d::new(&(&conv / 3), feat, feat, 3, 1, 1),
+            bn4: BatchNorm2d::new(&(&conv / 4), feat),
+            head_heatmap,
+            head_bbox: Conv2d::new(&(vs / "head_bbox"), feat, 4, 1, 1, 0),
+        }
+    }
+
+    /// `x`: (B, C, Hf, Wf) → (tower features, heatmap logits (B,1,Hf,Wf), box (B,4,Hf,Wf)).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> (Tensor, Tensor, Tensor) {
+        let f = self.bn1.forward_t(&self.conv0.forward(x), train).relu();
+        let f = self.bn4.forward_t(&self.conv3.forward(&f), train).relu();
+        let hm = self.head_heatmap.forward(&f);
+        let bb = self.head_bbox.forward(&f);
+        (f, hm, bb)
+    }
+}
+
+/// One decoded detection, in satellite-image pixels.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Detection {
+    /// Row-major index of the argmax cell.
+    pub index: i64,
+    /// (y, x) of the argmax cell.
+    pub cell: (i64, i64),
+    /// sigmoid(heatmap) at the cell.
+    pub score: f32,
+    /// (dx, dy, w, h) at the cell, in cells.
+    pub params: [f32; 4],
+    /// Encoding-consistent box (x1, y1, x2, y2), not clipped (what the golden holds).
+    pub box_raw: [f32; 4],
+    /// The same box with |w|, |h| (ordered corners), clipped to the image: what users get.
+    pub box_xyxy: [f32; 4],
+}
+
+/// Decode (spec §5.2, no +0.5): argmax cell (first maximum), cx = (x+dx)·sx,
+/// cy = (y+dy)·sy, size = (w, h)·(sx, sy). `img_hw` is the satellite input size.
+pub fn decode(heatmap: &Tensor, bbox: &Tensor, img_hw: (i64, i64)) -> Vec<Detection> {
+    let (b, _, hf, wf) = heatmap.size4().expect("(B, 1, Hf, Wf)");
+    let (sy, sx) = (img_hw.0 as f32 / hf as f32, img_hw.1 as f32 / wf as f32);
+    let scores = heatmap.to_kind(Kind::Float).sigmoid().view([b, hf * wf]).to_device(tch::Device::Cpu);
+    let boxes = bbox.to_kind(Kind::Float).view([b, 4, hf * wf]).to_device(tch::Device::Cpu);
+    let idx = scores.argmax(1, false);
+    (0..b)
+        .map(|i| {
+            let k = idx.int64_value(&[i]);
+            let (y, x) = (k / wf, k % wf);
+            let p: Vec<f32> = (0..4).map(|c| boxes.double_value(&[i, c, k]) as f32).collect();
+            let (cx, cy) = ((x as f32 + p[0]) * sx, (y as f32 + p[1]) * sy);
+            let (w, h) = (p[2] * sx, p[3] * sy);
+            let raw = [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0];
+            let (iw, ih) = (img_hw.1 as f32, img_hw.0 as f32);
+            // users get an ordered box: a negative predicted size is taken by magnitude
+            let (aw, ah) = (w.abs() / 2.0, h.abs() / 2.0);
+            let clip = [
+                (cx - aw).clamp(0.0, iw),
+                (cy - ah).clamp(0.0, ih),
+                (cx + aw).clamp(0.0, iw),
+                (cy + ah).clamp(0.0, ih),
+            ];
+            Detection {
+                index: k,
+                cell: (y, x),
+                score: scores.double_value(&[i, k]) as f32,
+                params: [p[0], p[1], p[2], p[3]],
+                box_raw: raw,
+                box_xyxy: clip,
+            }
+        })
+        .collect()
+}

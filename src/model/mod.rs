@@ -1,0 +1,227 @@
+//! The SMGeo model in tch (libtorch): shared Swin encoder for the drone query
+//! (RGB + click prior) and the satellite reference, grid-level sparse MoE,
+//! query-guided fusion and the anchor-free head. Builds without GStreamer/GDAL.
+//!
+//! Inputs: query (B, 4, Hq, Wq) float32 — ImageNet-normalised RGB plus the click
+//! prior (not normalised); satellite (B, 3, Hs, Ws) ImageNet-normalised RGB.
+//! Outputs: heatmap logits (B, 1, Hs/32, Ws/32) and box map (B, 4, …) in cells.
+//! The two branches never mix before the fusion, so [`Smgeo::encode_reference`] can
+//! be cached per chip and [`Smgeo::localise`] reused for every prompt on it.
+
+pub mod config;
+pub mod fusion;
+pub mod head;
+pub mod layers;
+pub mod loss;
+pub mod moe;
+pub mod preprocess;
+pub mod swin;
+pub mod trace;
+pub mod weights;
+
+use tch::{nn, Device, Kind, Tensor};
+
+pub use config::{ModelConfig, Preset, QueryPool};
+pub use head::{decode, Detection};
+pub use moe::MoeCall;
+use swin::{Backbone, Branch, Ctx};
+pub use trace::Trace;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model config: {0}")]
+    Config(String),
+    #[error("bad model input: {0}")]
+    Input(String),
+    #[error("weights: {0}")]
+    Weights(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// Satellite features of one chip: everything the prompt-independent branch yields.
+#[derive(Debug)]
+pub struct RefFeatures {
+    /// Last-stage tokens (B, Hf, Wf, C3), final norm applied when configured.
+    pub tokens: Tensor,
+    pub moe_calls: Vec<MoeCall>,
+    /// Satellite input size (H, W) in pixels, for the decode.
+    pub img_hw: (i64, i64),
+}
+
+/// Query features of one prompt.
+#[derive(Debug)]
+pub struct QueryFeatures {
+    pub tokens: Tensor,
+    pub moe_calls: Vec<MoeCall>,
+    /// Click prior (B, 1, Hq, Wq), used by click-weighted pooling.
+    pub click: Tensor,
+}
+
+#[derive(Debug)]
+pub struct Outputs {
+    pub heatmap: Tensor,
+    pub bbox: Tensor,
+    /// Release: detached mean gate entropy over the last calls (spec §2).
+    /// Paper: mean over calls of log E − H(p̄), with gradient (0 without MoE).
+    pub entropy: Tensor,
+    /// Query global vector (B, C3).
+    pub query_vec: Tensor,
+    /// Fusion attention (B, Hf, Wf) when the model has a fusion.
+    pub fusion_attn: Option<Tensor>,
+    /// MoE calls in the reference order: per stage, query blocks then satellite blocks.
+    pub moe_calls: Vec<MoeCall>,
+}
+
+#[derive(Debug)]
+pub struct Smgeo {
+    pub cfg: ModelConfig,
+    backbone: Backbone,
+    fusion: Option<fusion::Fusion>,
+    head: head::Head,
+}
+
+impl Smgeo {
+    /// Build under `vs` (the root of a VarStore): parameters `backbone.*`, `fusion.*`, `head.*`.
+    pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Result<Self> {
+        cfg.validate()?;
+        let c3 = cfg.stage_dim(3);
+        Ok(Smgeo {
+            cfg: cfg.clone(),
+            backbone: Backbone::new(&(vs / "backbone"), cfg),
+            fusion: cfg.fusion.map(|p| fusion::Fusion::new(&(vs / "fusion"), c3, p, cfg.click_pool_power)),
+            head: head::Head::new(&(vs / "head"), c3, cfg.head_feat_channels),
+        })
+    }
+
+    /// Check a branch input: rank 4, float32, channels, batch, and a size the model runs.
+    pub fn check_input(&self, x: &Tensor, chans: i64, what: &str) -> Result<()> {
+        let s = x.size();
+        if s.len() != 4 {
+            return Err(ModelError::Input(format!("{what}: expected (B, {chans}, H, W), got shape {s:?}")));
+        }
+        if x.kind() != Kind::Float {
+            return Err(ModelError::Input(format!("{what}: expected float32, got {:?}", x.kind())));
+        }
+        if s[1] != chans {
+            return Err(ModelError::Input(format!("{what}: expected {chans} channels, got {} (shape {s:?})", s[1])));
+        }
+        let m = self.cfg.input_multiple();
+        if s[0] < 1 || s[2] < m || s[3] < m || s[2] % m != 0 || s[3] % m != 0 {
+            return Err(ModelError::Input(format!(
+                "{what}: H and W must be positive multiples of {m} for this model, got {}×{}",
+                s[2], s[3]
+            )));
+        }
+        Ok(())
+    }
+
+    fn ctx<'a>(&'a self, train: bool, branch: &'a str, calls: &'a mut Vec<MoeCall>, trace: &'a mut Trace) -> Ctx<'a> {
+        Ctx { cfg: &self.cfg, train, branch, moe_calls: calls, trace }
+    }
+
+    /// Encode the satellite reference (cacheable per chip).
+    pub fn encode_reference(&self, sat: &Tensor, train: bool, trace: &mut Trace) -> Result<RefFeatures> {
+        self.check_input(sat, self.cfg.sat_in_chans, "satellite")?;
+        let mut calls = Vec::new();
+        let tokens = self.backbone.encode(sat, Branch::Sat, &mut self.ctx(train, "sat", &mut calls, trace));
+        let s = sat.size();
+        Ok(RefFeatures { tokens, moe_calls: calls, img_hw: (s[2], s[3]) })
+    }
+
+    /// Encode the query (drone frame + click prior).
+    pub fn encode_query(&self, query: &Tensor, train: bool, trace: &mut Trace) -> Result<QueryFeatures> {
+        self.check_input(query, self.cfg.query_in_chans, "query")?;
+        let mut calls = Vec::new();
+        let tokens = self.backbone.encode(query, Branch::Query, &mut self.ctx(train, "query", &mut calls, trace));
+        let click = query.narrow(1, self.cfg.query_in_chans - 1, 1);
+        Ok(QueryFeatures { tokens, moe_calls: calls, click })
+    }
+
+    /// Fusion and head on encoded features. Consumes the MoE records of both.
+    pub fn localise(&self, q: QueryFeatures, r: &RefFeatures, train: bool, trace: &mut Trace) -> Result<Outputs> {
+        let (bq, br) = (q.tokens.size()[0], r.tokens.size()[0]);
+        if bq != br {
+            return Err(ModelError::Input(format!("query batch {bq} ≠ satellite batch {br}")));
+        }
+        let query_vec = match &self.fusion {
+            Some(f) => f.pool_query(&q.tokens, &q.click),
+            None => q.tokens.mean_dim(&[1i64, 2][..], false, Kind::Float),
+        };
+        let (fused, attn) = match &self.fusion {
+            Some(f) => {
+                let (x, a) = f.forward(&r.tokens, &query_vec);
+                (x, Some(a))
+            }
+            None => (r.tokens.shallow_clone(), None),
+        };
+        let feat = fused.permute([0, 3, 1, 2]); // (B, Hf, Wf, C) -> (B, C, Hf, Wf)
+        trace.put("inter.query_vec", || query_vec.shallow_clone());
+        trace.put("inter.sat_feat", || r.tokens.permute([0, 3, 1, 2]));
+        let (hf, heatmap, bbox) = self.head.forward_t(&feat, train);
+        trace.put("inter.head_feat", || hf);
+        let moe_calls = merge_calls(q.moe_calls, &r.moe_calls);
+        let entropy = self.entropy(&moe_calls, heatmap.device());
+        Ok(Outputs { heatmap, bbox, entropy, query_vec, fusion_attn: attn, moe_calls })
+    }
+
+    /// Full forward: `query` (B,4,Hq,Wq), `sat` (B,3,Hs,Ws).
+    pub fn forward_t(&self, query: &Tensor, sat: &Tensor, train: bool, trace: &mut Trace) -> Result<Outputs> {
+        let qf = self.encode_query(query, train, trace)?;
+        let rf = self.encode_reference(sat, train, trace)?;
+        self.localise(qf, &rf, train, trace)
+    }
+
+    fn entropy(&self, calls: &[MoeCall], dev: Device) -> Tensor {
+        if calls.is_empty() {
+            return Tensor::zeros([], (Kind::Float, dev));
+        }
+        if self.cfg.balance_entropy {
+            let terms: Vec<Tensor> = calls.iter().map(|c| c.balance_term()).collect();
+            Tensor::stack(&terms, 0).mean(Kind::Float)
+        } else {
+            let n = self.cfg.entropy_fifo.max(1).min(calls.len());
+            let last: Vec<Tensor> = calls[calls.len() - n..].iter().map(|c| c.mean_entropy()).collect();
+            Tensor::stack(&last, 0).mean(Kind::Float)
+        }
+    }
+}
+
+/// Interleave the branches' MoE records in the reference call order: for each stage,
+/// the query's blocks, then the satellite's. Reference records are shallow copies, so a
+/// cached `RefFeatures` keeps its own.
+fn merge_calls(q: Vec<MoeCall>, r: &[MoeCall]) -> Vec<MoeCall> {
+    let copy = |c: &MoeCall| MoeCall {
+        name: c.name.clone(),
+        stage: c.stage,
+        logits: c.logits.shallow_clone(),
+        probs: c.probs.shallow_clone(),
+        topk_idx: c.topk_idx.shallow_clone(),
+        topk_weights: c.topk_weights.shallow_clone(),
+    };
+    let mut out = Vec::with_capacity(q.len() + r.len());
+    let mut qi = q.into_iter().peekable();
+    let mut ri = r.iter().peekable();
+    for stage in 0..4 {
+        while let Some(c) = qi.next_if(|c| c.stage == stage) {
+            out.push(c);
+        }
+        while let Some(c) = ri.next_if(|c| c.stage == stage) {
+            out.push(copy(c));
+        }
+    }
+    out
+}
+
+/// Number of parameters (trainable and not, excluding BN running statistics).
+pub fn count_params(vs: &nn::VarStore) -> i64 {
+    vs.variables()
+        .iter()
+        .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var"))
+        .map(|(_, t)| t.numel() as i64)
+        .sum()
+}

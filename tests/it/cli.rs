@@ -1,0 +1,104 @@
+//! The binary end to end: `weights init/inspect/forward`, `predict`, error exits.
+
+use std::process::Command;
+
+use crate::common::fixture;
+
+fn smgeo() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_smgeo"))
+}
+
+#[test]
+fn weights_forward_reproduces_golden_heatmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let st = smgeo()
+        .args(["weights", "forward", "--config"])
+        .arg(fixture("golden/tiny_config.json"))
+        .arg("--weights")
+        .arg(fixture("golden/tiny_weights.safetensors"))
+        .arg("--inputs")
+        .arg(fixture("golden/tiny_io.safetensors"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--device", "cpu"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let ours = smgeo::model::weights::read_safetensors(&out).unwrap();
+    let gold = crate::common::load("golden/tiny_io.safetensors");
+    crate::common::assert_close("out.heatmap", &ours["out.heatmap"], &gold["out.heatmap"], 1e-4, 1e-4);
+    assert!(ours["moe.sat_s2b0.topk_idx"].equal(&gold["moe.sat_s2b0.topk_idx"]));
+}
+
+#[test]
+fn inspect_reports_fit_and_misfit() {
+    let out = smgeo()
+        .args(["weights", "inspect", "--config"])
+        .arg(fixture("golden/tiny_config.json"))
+        .arg(fixture("golden/tiny_weights.safetensors"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["against_model"]["fits"], true);
+    assert_eq!(v["elements_unique"], 378_579 + 64 + 2); // + BN running stats + the two num_batches_tracked
+    let out = smgeo()
+        .args(["weights", "inspect", "--preset", "paper"])
+        .arg(fixture("golden/tiny_weights.safetensors"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["against_model"]["fits"], false);
+    assert_eq!(v["looks_like"], "release");
+}
+
+#[test]
+fn predict_draws_and_rejects_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = d.join("m.json");
+    std::fs::write(&cfg, r#"{"preset": "paper", "embed_dim": 8, "num_heads": [2, 2, 4, 4], "head_feat_channels": 8}"#)
+        .unwrap();
+    let w = d.join("w.safetensors");
+    assert!(smgeo().args(["weights", "init", "--config"]).arg(&cfg).arg("--out").arg(&w).status().unwrap().success());
+    let q = image::RgbImage::from_fn(300, 200, |x, y| image::Rgb([x as u8, y as u8, 90]));
+    let r = image::RgbImage::from_fn(500, 400, |x, y| image::Rgb([(x / 2) as u8, y as u8, 30]));
+    q.save(d.join("q.png")).unwrap();
+    r.save(d.join("r.png")).unwrap();
+    let run = |click: &str| {
+        smgeo()
+            .args(["predict", "--query"])
+            .arg(d.join("q.png"))
+            .args(["--click", click, "--reference"])
+            .arg(d.join("r.png"))
+            .arg("--weights")
+            .arg(&w)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--out")
+            .arg(d.join("res.png"))
+            .output()
+            .unwrap()
+    };
+    let ok = run("150,100");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    let b: Vec<f64> = serde_json::from_value(v["box_xyxy"].clone()).unwrap();
+    assert!(b.iter().all(|v| v.is_finite()), "{v}");
+    assert!(b[0] >= 0.0 && b[2] <= 500.0 && b[1] >= 0.0 && b[3] <= 400.0 && b[0] <= b[2]);
+    let pic = image::open(d.join("res.png")).unwrap();
+    assert_eq!((pic.width(), pic.height()), (300 + 8 + 500, 400));
+    let bad = run("300,10");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("outside"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let missing = smgeo()
+        .args(["predict", "--query", "/nonexistent.png", "--click", "1,1", "--reference"])
+        .arg(d.join("r.png"))
+        .arg("--weights")
+        .arg(&w)
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.png"));
+}

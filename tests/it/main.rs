@@ -1,0 +1,6 @@
+//! One integration-test binary (ripgrep style): each module is one area.
+mod cli;
+mod common;
+mod golden_release;
+mod golden_swin;
+mod model_units;
