@@ -31,6 +31,9 @@ pub struct BenchModelArgs {
     pub sat: (i64, i64),
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Model config files to measure instead of the presets (variants, ablations).
+    #[arg(long)]
+    pub config: Vec<std::path::PathBuf>,
 }
 
 fn parse_hw(s: &str) -> std::result::Result<(i64, i64), String> {
@@ -72,8 +75,14 @@ pub fn bench_model(a: &BenchModelArgs) -> Result<Value> {
     }
     let dev = crate::device::select(&a.device)?;
     let mut results = Vec::new();
-    for &p in &a.preset {
-        let cfg = ModelConfig::preset(p);
+    let mut cfgs: Vec<(String, ModelConfig)> = Vec::new();
+    if a.config.is_empty() {
+        cfgs.extend(a.preset.iter().map(|&p| (p.to_string(), ModelConfig::preset(p))));
+    }
+    for c in &a.config {
+        cfgs.push((c.display().to_string(), ModelConfig::from_file(c)?));
+    }
+    for (label, cfg) in cfgs {
         tch::manual_seed(0);
         let (vs, m) = build(&cfg, dev)?;
         let q = Tensor::randn([a.batch, 4, a.query.0, a.query.1], (Kind::Float, dev));
@@ -92,7 +101,8 @@ pub fn bench_model(a: &BenchModelArgs) -> Result<Value> {
         })?;
         let (total, experts) = flops(&cfg, a.query, a.sat);
         results.push(json!({
-            "preset": p.to_string(),
+            "model": label,
+            "preset": cfg.preset.to_string(),
             "params": model::count_params(&vs),
             "full_forward_ms": full,
             "cached_reference_forward_ms": cached,

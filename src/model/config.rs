@@ -72,6 +72,8 @@ pub struct ModelConfig {
     /// Zero-pad grids that are not window multiples (timm order: shift, then pad).
     pub pad_to_window: bool,
     /// Query-guided fusion (paper eq. 10); `None` = the release's query-blind head.
+    /// Written as `"none"`, `"mean"` or `"click"`.
+    #[serde(with = "fusion_serde")]
     pub fusion: Option<QueryPool>,
     pub click_pool_power: f64,
     pub head_feat_channels: i64,
@@ -252,6 +254,28 @@ impl ModelConfig {
     }
 }
 
+mod fusion_serde {
+    use super::QueryPool;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<QueryPool>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match v {
+            None => "none",
+            Some(QueryPool::Mean) => "mean",
+            Some(QueryPool::Click) => "click",
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<QueryPool>, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "none" => Ok(None),
+            "mean" => Ok(Some(QueryPool::Mean)),
+            "click" => Ok(Some(QueryPool::Click)),
+            o => Err(serde::de::Error::custom(format!("fusion {o:?}: expected none|mean|click"))),
+        }
+    }
+}
+
 /// File form: a preset plus optional overrides of any field.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -370,6 +394,16 @@ mod tests {
         assert_eq!(c.embed_dim, 8);
         assert_eq!(c.moe_block_indices[&2], vec![0, 2]);
         assert_eq!(c.expert_hidden_ratio, 4.0);
+    }
+
+    #[test]
+    fn serialised_config_round_trips() {
+        for mut c in [ModelConfig::paper(), ModelConfig::release()] {
+            c.embed_dim = 48;
+            c.fusion = None;
+            let v = serde_json::to_value(&c).unwrap();
+            assert_eq!(ModelConfig::from_value(v).unwrap(), c);
+        }
     }
 
     #[test]

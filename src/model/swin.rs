@@ -105,6 +105,47 @@ impl WindowGeom {
 struct GeomCache {
     rel_index: HashMap<(i64, i64, Device), Tensor>,
     masks: HashMap<(WindowGeom, Device), Tensor>,
+    gathers: HashMap<(WindowGeom, i64, i64, Device), (Tensor, Tensor)>,
+}
+
+/// Index maps that fuse roll(−s) → zero-pad → window partition into one gather, and
+/// window reverse → crop → roll(+s) into another (timm's order: roll the unpadded grid,
+/// then pad). `fwd[p]` is, for window-ordered position p of the padded grid, the source
+/// token (row-major in H×W) or H·W for a padding token (a zero row appended);
+/// `inv[t]` is, for source token t, its position in window order.
+pub fn window_gather(g: WindowGeom, h: i64, w: i64) -> (Vec<i64>, Vec<i64>) {
+    let (nwh, nww) = (g.hp / g.wh, g.wp / g.ww);
+    let mut fwd = Vec::with_capacity((g.hp * g.wp) as usize);
+    let mut inv = vec![0i64; (h * w) as usize];
+    for r in 0..nwh {
+        for c in 0..nww {
+            for ty in 0..g.wh {
+                for tx in 0..g.ww {
+                    let (y, x) = (r * g.wh + ty, c * g.ww + tx); // rolled, padded grid
+                    if y < h && x < w {
+                        let src = ((y + g.sh) % h) * w + (x + g.sw) % w;
+                        inv[src as usize] = fwd.len() as i64;
+                        fwd.push(src);
+                    } else {
+                        fwd.push(h * w);
+                    }
+                }
+            }
+        }
+    }
+    (fwd, inv)
+}
+
+/// `(B, H, W, C)` → `(B·nW, wh·ww, C)` through a [`window_gather`] map.
+fn gather_windows(y: &Tensor, fwd: &Tensor, g: WindowGeom) -> Tensor {
+    let (b, h, w, c) = y.size4().expect("(B, H, W, C)");
+    let flat = y.reshape([b, h * w, c]);
+    let src = if g.hp * g.wp > h * w {
+        Tensor::cat(&[&flat, &flat.new_zeros([b, 1, c], (y.kind(), y.device()))], 1)
+    } else {
+        flat
+    };
+    src.index_select(1, fwd).view([-1, g.wh * g.ww, c])
 }
 
 #[derive(Debug)]
@@ -148,6 +189,15 @@ impl WindowAttention {
         table.index_select(0, &idx).view([n, n, self.heads]).permute([2, 0, 1])
     }
 
+    fn gathers(&self, g: WindowGeom, h: i64, w: i64, dev: Device) -> (Tensor, Tensor) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let (f, i) = cache.gathers.entry((g, h, w, dev)).or_insert_with(|| {
+            let (f, i) = window_gather(g, h, w);
+            (Tensor::from_slice(&f).to(dev), Tensor::from_slice(&i).to(dev))
+        });
+        (f.shallow_clone(), i.shallow_clone())
+    }
+
     fn mask(&self, g: WindowGeom, dev: Device) -> Tensor {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache
@@ -161,6 +211,30 @@ impl WindowAttention {
             .shallow_clone()
     }
 
+    /// Relative position bias plus shift mask as one additive attention mask,
+    /// broadcastable to (B·nW, nH, N, N); None when there is neither.
+    fn additive_mask(&self, g: WindowGeom, b: i64, dev: Device, kind: Kind) -> Option<Tensor> {
+        let n = g.wh * g.ww;
+        let bias = self.relative_position_bias_table.as_ref().map(|t| self.bias(t, g.wh, g.ww).unsqueeze(0)); // (1,nH,N,N)
+        let shifted = g.sh > 0 || g.sw > 0;
+        let m = match (bias, shifted) {
+            (None, false) => return None,
+            (Some(bias), false) => bias,
+            (bias, true) => {
+                let mask = self.mask(g, dev); // (nW, N, N)
+                let nw = mask.size()[0];
+                let m = mask.unsqueeze(1); // (nW, 1, N, N)
+                let m = match bias {
+                    Some(bb) => bb + m, // (nW, nH, N, N)
+                    None => m,
+                };
+                let h = m.size()[1];
+                m.unsqueeze(0).expand([b, nw, h, n, n], false).reshape([b * nw, h, n, n])
+            }
+        };
+        Some(m.to_kind(kind))
+    }
+
     /// `x`: (B·nW, N, C) windows of `b` images; returns the same shape.
     pub fn forward(&self, x: &Tensor, g: WindowGeom, b: i64, trace: &mut Trace, name: &str) -> Tensor {
         let (bw, n, c) = x.size3().expect("(B·nW, N, C)");
@@ -170,7 +244,14 @@ impl WindowAttention {
             .linear(&self.in_proj_weight, Some(&self.in_proj_bias))
             .view([bw, n, 3, self.heads, hd])
             .permute([2, 0, 3, 1, 4]);
-        let (q, k, v) = (qkv.get(0) * (hd as f64).powf(-0.5), qkv.get(1), qkv.get(2));
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        if !trace.enabled() {
+            // fused path: bias and shift mask as one additive mask (B·nW, nH, N, N)
+            let mask = self.additive_mask(g, b, x.device(), x.kind());
+            let out = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None, false);
+            return self.out_proj.forward(&out.transpose(1, 2).reshape([bw, n, c]));
+        }
+        let q = q * (hd as f64).powf(-0.5);
         let mut attn = q.matmul(&k.transpose(-2, -1)); // (B·nW, nH, N, N)
         if let Some(table) = &self.relative_position_bias_table {
             attn = attn + self.bias(table, g.wh, g.ww).unsqueeze(0);
@@ -251,24 +332,14 @@ impl SwinBlock {
         let (b, h, w, _c) = x.size4().expect("(B, H, W, C)");
         let g = WindowGeom::new(h, w, ctx.cfg.window_size, self.shifted);
         let name = format!("{}_s{}b{}", ctx.branch, self.stage, self.index);
-        // attention path: norm → roll(−s) → pad → windows → attn → reverse → crop → roll(+s)
-        let mut y = self.norm1.forward(x);
-        if g.sh > 0 || g.sw > 0 {
-            y = y.roll([-g.sh, -g.sw], [1, 2]);
-        }
-        let (ph, pw) = (g.hp - h, g.wp - w);
-        if ph > 0 || pw > 0 {
-            y = y.constant_pad_nd([0, 0, 0, pw, 0, ph]);
-        }
-        let win = window_partition(&y, g.wh, g.ww);
+        // attention path: norm → roll(−s) → pad → windows → attn → reverse → crop → roll(+s),
+        // the roll/pad/partition and its inverse each done as one gather (see `window_gather`)
+        let y = self.norm1.forward(x);
+        let (fwd, inv) = self.attn.gathers(g, h, w, x.device());
+        let win = gather_windows(&y, &fwd, g);
         let a = self.attn.forward(&win, g, b, ctx.trace, &name);
-        let mut y = window_reverse(&a, g.wh, g.ww, b, g.hp, g.wp);
-        if ph > 0 || pw > 0 {
-            y = y.narrow(1, 0, h).narrow(2, 0, w);
-        }
-        if g.sh > 0 || g.sw > 0 {
-            y = y.roll([g.sh, g.sw], [1, 2]);
-        }
+        let c = a.size()[2];
+        let y = a.view([b, -1, c]).index_select(1, &inv).view([b, h, w, c]);
         let x = x + drop_path(&y, self.drop_path, ctx.train);
         // feed-forward path: dense MLP and/or MoE on norm2(x)
         let z = self.norm2.forward(&x);

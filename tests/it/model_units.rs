@@ -172,3 +172,23 @@ fn paper_preset_trains_one_step_with_gradients_everywhere() {
         assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{key} has no gradient");
     }
 }
+
+#[test]
+fn fused_attention_path_equals_traced_path() {
+    // the trace-off forward uses SDPA with bias+mask folded into one additive mask;
+    // the traced path is the explicit one the golden tests check
+    let mut cfg = ModelConfig::paper();
+    cfg.embed_dim = 8;
+    cfg.num_heads = vec![2, 2, 4, 4];
+    cfg.window_size = 4;
+    cfg.head_feat_channels = 8;
+    tch::manual_seed(5);
+    let (_vs, m) = build(&cfg, Device::Cpu).unwrap();
+    let q = Tensor::randn([2, 4, 72, 88], (Kind::Float, Device::Cpu));
+    let s = Tensor::randn([2, 3, 136, 168], (Kind::Float, Device::Cpu));
+    let a = tch::no_grad(|| m.forward_t(&q, &s, false, &mut Trace::off())).unwrap();
+    let b = tch::no_grad(|| m.forward_t(&q, &s, false, &mut Trace::on())).unwrap();
+    let d = (&a.heatmap - &b.heatmap).abs().max().double_value(&[]);
+    assert!(d < 1e-4, "fused vs explicit attention differ by {d}");
+    assert!(a.moe_calls.iter().zip(&b.moe_calls).all(|(x, y)| x.topk_idx.equal(&y.topk_idx)));
+}
