@@ -25,6 +25,13 @@ pub enum Cmd {
     /// Weight files: inspect, import official/ImageNet checkpoints, init, forward.
     #[command(subcommand)]
     Weights(weights_cli::WeightsCmd),
+    /// Train SMGeo on CVOGL (or synthetic CVOGL) data.
+    Train(crate::offline::cli::TrainCmd),
+    /// Evaluate weights on a CVOGL split: metrics JSON and a Markdown report with plots.
+    Eval(crate::offline::cli::EvalCmd),
+    /// MISB ST 0601 KLV telemetry.
+    #[command(subcommand)]
+    Klv(KlvCmd),
     /// Benchmarks (JSON on stdout).
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -33,6 +40,12 @@ pub enum Cmd {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KlvCmd {
+    /// Decode every KLV packet of an MPEG-TS file and print JSON lines.
+    Dump(crate::klv::cli::DumpArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -48,6 +61,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string(&p)?);
         }
         Cmd::Weights(w) => weights_cli::run(w)?,
+        Cmd::Klv(KlvCmd::Dump(a)) => crate::klv::cli::run_dump(a)?,
+        Cmd::Train(t) => crate::offline::cli::run_train(t)?,
+        Cmd::Eval(e) => crate::offline::cli::run_eval(e)?,
         Cmd::Bench(BenchCmd::Model(a)) => {
             let v = bench::bench_model(a)?;
             println!("{}", serde_json::to_string_pretty(&v)?);

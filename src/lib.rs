@@ -8,7 +8,9 @@ pub mod bench;
 pub mod cli;
 pub mod device;
 pub mod error;
+pub mod klv;
 pub mod model;
+pub mod offline;
 pub mod predict;
 pub mod weights_cli;
 

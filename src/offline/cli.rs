@@ -1,0 +1,118 @@
+//! `smgeo train` and `smgeo eval` arguments and entry points.
+
+use std::path::PathBuf;
+
+use super::dataset::Dataset;
+use super::eval::{evaluate, write_report, EvalOptions};
+use super::train::{train, TrainArgs as Args, TrainConfig};
+use crate::model::weights;
+use crate::weights_cli::{build, ModelChoice};
+
+#[derive(clap::Args, Debug)]
+pub struct TrainCmd {
+    /// Training configuration (TOML), e.g. config/train.toml.
+    #[arg(long, default_value = "config/train.toml")]
+    pub config: PathBuf,
+    /// Data directory holding `<dataset>/` (or the dataset directory itself).
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "CVOGL_DroneAerial")]
+    pub dataset: String,
+    /// Output directory for checkpoints (`last/`, `best/`).
+    #[arg(long, default_value = "runs/train")]
+    pub out: PathBuf,
+    /// Continue from `<out>/last` if present.
+    #[arg(long)]
+    pub resume: bool,
+    /// Override the config's step limit (0 = none).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Override the config's device.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// No progress bar (logs only).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalCmd {
+    /// Weights (safetensors); a training `best/` or `last/` directory also works.
+    #[arg(long)]
+    pub weights: PathBuf,
+    #[command(flatten)]
+    pub model: ModelChoice,
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "CVOGL_DroneAerial")]
+    pub dataset: String,
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Report directory (metrics.json, report.md, charts, examples).
+    #[arg(long, default_value = "runs/eval")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    #[arg(long, default_value_t = 8)]
+    pub examples: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+pub fn run_train(c: &TrainCmd) -> anyhow::Result<()> {
+    let mut config = TrainConfig::from_file(&c.config)?;
+    if let Some(m) = c.max_steps {
+        config.max_steps = m;
+    }
+    if let Some(d) = &c.device {
+        config.device = d.clone();
+    }
+    let a = Args {
+        config,
+        data: c.data.clone(),
+        dataset: c.dataset.clone(),
+        out: c.out.clone(),
+        resume: c.resume,
+        progress: !c.quiet,
+    };
+    let s = train(&a)?;
+    println!("{}", serde_json::to_string_pretty(&s)?);
+    Ok(())
+}
+
+/// Resolve `--weights` (file or checkpoint dir with model.json) and the model config.
+pub fn weights_and_config(
+    w: &std::path::Path,
+    choice: &ModelChoice,
+) -> anyhow::Result<(PathBuf, crate::model::ModelConfig)> {
+    if w.is_dir() {
+        let cfg = match &choice.config {
+            Some(p) => crate::model::ModelConfig::from_file(p)?,
+            None => crate::model::ModelConfig::from_file(&w.join("model.json"))?,
+        };
+        return Ok((w.join("weights.safetensors"), cfg));
+    }
+    Ok((w.to_path_buf(), choice.resolve()?))
+}
+
+pub fn run_eval(c: &EvalCmd) -> anyhow::Result<()> {
+    let dev = crate::device::select(&c.device)?;
+    let (wpath, cfg) = weights_and_config(&c.weights, &c.model)?;
+    let (vs, m) = build(&cfg, dev)?;
+    weights::load_file(&vs, &wpath, true)?;
+    let ds = Dataset::open(&c.data, &c.dataset, &c.split, false)?;
+    let opts = EvalOptions { batch: c.batch, limit: c.limit, device: dev, examples: c.examples };
+    let (summary, preds) = evaluate(&m, &ds, &opts)?;
+    let title = format!("{} {} — {} ({} preset)", c.dataset, c.split, wpath.display(), cfg.preset);
+    let report = write_report(&c.out, &title, &summary, &preds)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "report": report, "overall": summary.summary.overall, "skipped": summary.skipped.len(),
+            "load_skipped_records": ds.report.skipped.len(),
+        }))?
+    );
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! A CVOGL split on disk (records + `query/` and `satellite/` images) and batching
+//! into model tensors. Image problems (missing, unreadable, wrong size) are reported
+//! with the record id; the caller decides to skip (counted) or stop.
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+use sha2::{Digest, Sha256};
+use tch::{Device, Tensor};
+
+use super::augment::{augment_query, augment_sat, AugmentConfig};
+use super::cvogl::{CvoglRecord, CvoglSplit, DatasetGeometry, LoadOptions, LoadReport};
+use super::{OfflineError, Result};
+use crate::model::preprocess;
+
+#[derive(Debug)]
+pub struct Dataset {
+    pub name: String,
+    pub split: String,
+    pub records: Vec<CvoglRecord>,
+    pub report: LoadReport,
+    pub geometry: DatasetGeometry,
+    /// sha256 of the annotation file.
+    pub hash: String,
+}
+
+/// One loaded (and possibly augmented) sample.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub id: i64,
+    pub query: RgbImage,
+    pub sat: RgbImage,
+    pub click: (f64, f64),
+    pub bbox: [f64; 4],
+    pub category: String,
+}
+
+impl Dataset {
+    pub fn open(root: &Path, name: &str, split: &str, strict: bool) -> Result<Self> {
+        let (records, report) = CvoglSplit::load_with(root, name, split, &LoadOptions { strict, geometry: None })?;
+        let bytes =
+            std::fs::read(&report.path).map_err(|e| OfflineError::Io { path: report.path.clone(), source: e })?;
+        let hash = format!("{:x}", Sha256::digest(&bytes));
+        Ok(Dataset { name: name.into(), split: split.into(), geometry: report.geometry, records, report, hash })
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.report.dataset_dir
+    }
+
+    /// Read the images of record `i`, checking their sizes.
+    pub fn load(&self, i: usize) -> Result<Sample> {
+        let r = &self.records[i];
+        let read = |p: PathBuf, hw: (u32, u32), what: &str| -> Result<RgbImage> {
+            let img = image::open(&p)
+                .map_err(|e| OfflineError::Sample { id: r.id, msg: format!("{what} image {}: {e}", p.display()) })?
+                .to_rgb8();
+            if (img.height(), img.width()) != hw {
+                return Err(OfflineError::Sample {
+                    id: r.id,
+                    msg: format!(
+                        "{what} image {} is {}×{}, expected {}×{}",
+                        p.display(),
+                        img.width(),
+                        img.height(),
+                        hw.1,
+                        hw.0
+                    ),
+                });
+            }
+            Ok(img)
+        };
+        let query = read(r.query_path(self.dir()), self.geometry.query_hw, "query")?;
+        let sat = read(r.sat_path(self.dir()), self.geometry.sat_hw, "satellite")?;
+        Ok(Sample { id: r.id, query, sat, click: r.click, bbox: r.bbox, category: r.category.clone() })
+    }
+}
+
+/// Apply training augmentation to a sample.
+pub fn augment(s: Sample, cfg: &AugmentConfig, rng: &mut impl rand::Rng) -> Sample {
+    let (sat, bbox) = augment_sat(&s.sat, s.bbox, cfg, rng);
+    let (query, click) = augment_query(&s.query, s.click, cfg, rng);
+    Sample { sat, bbox, query, click, ..s }
+}
+
+/// Model tensors for a batch.
+#[derive(Debug)]
+pub struct Batch {
+    pub query: Tensor,
+    pub sat: Tensor,
+    pub boxes: Vec<[f32; 4]>,
+    pub ids: Vec<i64>,
+    pub categories: Vec<String>,
+}
+
+pub fn collate(samples: &[Sample], dev: Device) -> Result<Batch> {
+    let mut q = Vec::with_capacity(samples.len());
+    let mut s = Vec::with_capacity(samples.len());
+    for x in samples {
+        let (qw, qh) = x.query.dimensions();
+        let (sw, sh) = x.sat.dimensions();
+        let click = (x.click.0.clamp(0.0, qw as f64 - 1.0), x.click.1.clamp(0.0, qh as f64 - 1.0));
+        q.push(preprocess::to_input(x.query.as_raw(), qw as i64, qh as i64, 3 * qw as usize, Some(click))?);
+        s.push(preprocess::to_input(x.sat.as_raw(), sw as i64, sh as i64, 3 * sw as usize, None)?);
+    }
+    Ok(Batch {
+        query: Tensor::stack(&q, 0).to(dev),
+        sat: Tensor::stack(&s, 0).to(dev),
+        boxes: samples.iter().map(|x| x.bbox.map(|v| v as f32)).collect(),
+        ids: samples.iter().map(|x| x.id).collect(),
+        categories: samples.iter().map(|x| x.category.clone()).collect(),
+    })
+}

@@ -1,0 +1,198 @@
+//! `smgeo eval`: deterministic evaluation of a model on a CVOGL split — pixel-IoU
+//! acc@0.25 / acc@0.5 / mIoU (DetGeo's definition), the release's cell-local metric
+//! (labelled as such), breakdowns by category and box size — written as JSON and a
+//! Markdown report with PNG bar charts and example pictures.
+
+use std::path::{Path, PathBuf};
+
+use image::{Rgb, RgbImage};
+use serde::Serialize;
+use tch::{Device, Kind};
+
+use super::dataset::{collate, Dataset, Sample};
+use super::metrics::{release_cell_local_iou, EvalAccumulator, EvalSample, EvalSummary, MapDims};
+use super::plot;
+use super::{OfflineError, Result};
+use crate::model::{decode, loss, Smgeo, Trace};
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub batch: usize,
+    /// Evaluate at most this many samples (0 = all).
+    pub limit: usize,
+    pub device: Device,
+    /// Keep this many samples' pictures for the report.
+    pub examples: usize,
+}
+
+/// One evaluated sample, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub id: i64,
+    pub category: String,
+    pub pred_box: [f64; 4],
+    pub gt_box: [f64; 4],
+    pub score: f32,
+    pub pixel_iou: f64,
+    #[serde(skip)]
+    pub picture: Option<RgbImage>,
+}
+
+/// Evaluate `model` on `ds`. Samples whose images fail to load are counted in the
+/// summary's `skipped` (never silently dropped).
+pub fn evaluate(model: &Smgeo, ds: &Dataset, o: &EvalOptions) -> Result<(EvalSummaryWithSkips, Vec<Prediction>)> {
+    let n = if o.limit > 0 { o.limit.min(ds.len()) } else { ds.len() };
+    let hw = (ds.geometry.sat_hw.0 as f64, ds.geometry.sat_hw.1 as f64);
+    let mut acc = EvalAccumulator::new(hw);
+    let mut preds = Vec::with_capacity(n);
+    let mut skipped = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let mut samples: Vec<Sample> = Vec::new();
+        while samples.len() < o.batch.max(1) && i < n {
+            match ds.load(i) {
+                Ok(s) => samples.push(s),
+                Err(e) => skipped.push(e.to_string()),
+            }
+            i += 1;
+        }
+        if samples.is_empty() {
+            continue;
+        }
+        let b = collate(&samples, o.device)?;
+        let out = tch::no_grad(|| model.forward_t(&b.query, &b.sat, false, &mut Trace::off()))?;
+        let sat_hw = (b.sat.size()[2], b.sat.size()[3]);
+        let hs = out.heatmap.size();
+        let dims = MapDims { h: hs[2] as usize, w: hs[3] as usize };
+        let tg = loss::build_targets(&b.boxes, sat_hw, (hs[2], hs[3]));
+        let hm: Vec<f32> = Vec::try_from(out.heatmap.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))?;
+        let bb: Vec<f32> = Vec::try_from(out.bbox.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))?;
+        let thm: Vec<f32> = Vec::try_from(tg.heatmap.flatten(0, -1))?;
+        let tbb: Vec<f32> = Vec::try_from(tg.bbox.flatten(0, -1))?;
+        let dets = decode(&out.heatmap, &out.bbox, sat_hw);
+        let cells = dims.h * dims.w;
+        for (k, (s, d)) in samples.iter().zip(&dets).enumerate() {
+            let (h1, b1) = (&hm[k * cells..(k + 1) * cells], &bb[k * 4 * cells..(k + 1) * 4 * cells]);
+            let (h2, b2) = (&thm[k * cells..(k + 1) * cells], &tbb[k * 4 * cells..(k + 1) * 4 * cells]);
+            let cl = release_cell_local_iou(h1, b1, h2, b2, dims)?;
+            let pred_box = d.box_xyxy.map(|v| v as f64);
+            let iou = acc.push(&EvalSample {
+                pred_box,
+                gt_box: s.bbox,
+                category: &s.category,
+                pred_cell: (d.cell.0 as usize, d.cell.1 as usize),
+                gt_cell: cl.gt_cell,
+                cell_local_iou: Some(cl.iou),
+            });
+            let picture = (preds.len() < o.examples).then(|| example_picture(s, pred_box, &out.heatmap.get(k as i64)));
+            preds.push(Prediction {
+                id: s.id,
+                category: s.category.clone(),
+                pred_box,
+                gt_box: s.bbox,
+                score: d.score,
+                pixel_iou: iou,
+                picture,
+            });
+        }
+    }
+    Ok((EvalSummaryWithSkips { summary: acc.summary(), skipped }, preds))
+}
+
+/// The metrics plus the samples that could not be evaluated.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalSummaryWithSkips {
+    #[serde(flatten)]
+    pub summary: EvalSummary,
+    pub skipped: Vec<String>,
+}
+
+impl std::ops::Deref for EvalSummaryWithSkips {
+    type Target = EvalSummary;
+    fn deref(&self) -> &EvalSummary {
+        &self.summary
+    }
+}
+
+/// Query with the click (left), satellite with true (green) and predicted (yellow)
+/// boxes (middle), heatmap (right, upscaled).
+fn example_picture(s: &Sample, pred: [f64; 4], heatmap: &tch::Tensor) -> RgbImage {
+    let sat = image::imageops::resize(&s.sat, 512, 512, image::imageops::FilterType::Triangle);
+    let f = 512.0 / s.sat.width() as f64;
+    let mut pic = crate::predict::draw_result(&s.query, s.click, &sat, [0.0; 4].map(|v: f32| v));
+    let ox = (s.query.width() + 8) as i64;
+    let sc = |b: [f64; 4]| [(b[0] * f) as i64 + ox, (b[1] * f) as i64, (b[2] * f) as i64 + ox, (b[3] * f) as i64];
+    crate::predict::draw_rect(&mut pic, sc(s.bbox), Rgb([40, 220, 40]), 2);
+    crate::predict::draw_rect(&mut pic, sc(pred), Rgb([255, 220, 0]), 2);
+    let hm = heatmap.sigmoid().squeeze_dim(0).to_device(Device::Cpu);
+    let (hh, hw) = (hm.size()[0], hm.size()[1]);
+    let vals: Vec<f32> = Vec::try_from(hm.flatten(0, -1)).unwrap_or_default();
+    let mx = vals.iter().cloned().fold(1e-6f32, f32::max);
+    let heat = RgbImage::from_fn(hw as u32, hh as u32, |x, y| {
+        let v = (vals.get((y as i64 * hw + x as i64) as usize).copied().unwrap_or(0.0) / mx * 255.0) as u8;
+        Rgb([v, v / 2, 255 - v])
+    });
+    let heat = image::imageops::resize(&heat, 256, 256, image::imageops::FilterType::Nearest);
+    let mut full = RgbImage::from_pixel(pic.width() + 8 + 256, pic.height().max(256), Rgb([24, 24, 24]));
+    image::imageops::overlay(&mut full, &pic, 0, 0);
+    image::imageops::overlay(&mut full, &heat, (pic.width() + 8) as i64, 0);
+    full
+}
+
+/// Write `metrics.json`, `predictions.json`, `report.md`, charts and examples to `dir`.
+pub fn write_report(dir: &Path, title: &str, s: &EvalSummaryWithSkips, preds: &[Prediction]) -> Result<PathBuf> {
+    let io = |e: std::io::Error| OfflineError::Io { path: dir.into(), source: e };
+    std::fs::create_dir_all(dir.join("examples")).map_err(io)?;
+    let js = |r: serde_json::Result<String>| r.map_err(|e| OfflineError::Config(e.to_string()));
+    std::fs::write(dir.join("metrics.json"), js(serde_json::to_string_pretty(s))?).map_err(io)?;
+    std::fs::write(dir.join("predictions.json"), js(serde_json::to_string_pretty(preds))?).map_err(io)?;
+    let o = &s.summary.overall;
+    let mut md = format!("# {title}\n\n{} samples evaluated, {} skipped.\n\n", o.count, s.skipped.len());
+    md += "| group | n | acc@0.25 | acc@0.5 | mIoU | release cell-local acc@0.5 | same cell |\n|---|---|---|---|---|---|---|\n";
+    let row = |name: &str, g: &super::metrics::GroupSummary| {
+        let rel = g.release_cell_local_iou.map(|r| format!("{:.2}", 100.0 * r.acc_at_0_5)).unwrap_or("–".into());
+        format!(
+            "| {name} | {} | {:.2} | {:.2} | {:.2} | {rel} | {:.2} |\n",
+            g.count,
+            100.0 * g.pixel_iou.acc_at_0_25,
+            100.0 * g.pixel_iou.acc_at_0_5,
+            100.0 * g.pixel_iou.miou,
+            100.0 * g.accu_c
+        )
+    };
+    md += &row("**all**", o);
+    for (k, g) in &s.summary.by_category {
+        md += &row(k, g);
+    }
+    for (k, g) in &s.summary.by_size {
+        md += &row(&format!("size: {k}"), g);
+    }
+    md += "\nPixel IoU (DetGeo's definition) is the metric to compare; the release cell-local \
+           metric ignores where the box is (SMGEO_SPEC §8.1) and is shown only for comparison \
+           with the release's published numbers. Percentages.\n\n";
+    let cats: Vec<(String, f64)> =
+        s.summary.by_category.iter().map(|(k, g)| (k.clone(), g.pixel_iou.acc_at_0_5)).collect();
+    let sizes: Vec<(String, f64)> =
+        s.summary.by_size.iter().map(|(k, g)| (k.to_string(), g.pixel_iou.acc_at_0_5)).collect();
+    for (file, label, data) in
+        [("by_category.png", "acc@0.5 by category", &cats), ("by_size.png", "acc@0.5 by box size", &sizes)]
+    {
+        plot::bar_chart(label, data).save(dir.join(file)).map_err(|e| OfflineError::Config(e.to_string()))?;
+        md += &format!("![{label}]({file})\n\n");
+    }
+    md +=
+        "## Examples\n\nQuery with the click; satellite with the true (green) and predicted (yellow) box; heatmap.\n\n";
+    for p in preds.iter().filter(|p| p.picture.is_some()) {
+        let f = format!("examples/{}.png", p.id);
+        if let Some(pic) = &p.picture {
+            pic.save(dir.join(&f)).map_err(|e| OfflineError::Config(e.to_string()))?;
+        }
+        md += &format!(
+            "- id {} ({}), IoU {:.2}, score {:.2}\n\n  ![{}]({f})\n\n",
+            p.id, p.category, p.pixel_iou, p.score, p.id
+        );
+    }
+    let path = dir.join("report.md");
+    std::fs::write(&path, md).map_err(io)?;
+    Ok(path)
+}

@@ -1,0 +1,538 @@
+//! `smgeo train`: CVOGL training (MODEL.md): paper loss, AdamW (no decay on norms,
+//! biases, bias tables), linear warm-up then cosine to `min_lr` (per step), gradient
+//! clipping, deterministic augmentation and data order, checkpoints with exact resume,
+//! best-on-validation (acc@0.5) selection.
+//!
+//! Exact resume: every source of randomness is derived from (seed, epoch, index): the
+//! shuffle and the augmentation use ChaCha streams keyed that way, libtorch's generator
+//! (drop path, gate noise) is re-seeded before every step with (seed, global step).
+//! A checkpoint stores weights, AdamW moments, the step and the best metric, so a
+//! resumed run continues with bit-identical parameters.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{nn::VarStore, Kind, Tensor};
+
+use super::augment::AugmentConfig;
+use super::dataset::{augment, collate, Dataset, Sample};
+use super::eval::{evaluate, EvalOptions};
+use super::{OfflineError, Result};
+use crate::model::{loss, weights, ModelConfig, Preset, Smgeo, Trace};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Model preset; `model_config` (a file) overrides it.
+    pub preset: Preset,
+    pub model_config: Option<PathBuf>,
+    /// Inline overrides of model fields (same names as a model config file).
+    pub model: Option<toml::Table>,
+    pub epochs: usize,
+    pub batch: usize,
+    /// Base learning rate for batch 8; scaled by batch/8.
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_epochs: f64,
+    pub weight_decay: f64,
+    pub clip_grad_norm: f64,
+    /// λ₁ focal, λ₂ L1, λ₃ MoE balance.
+    pub lambdas: (f64, f64, f64),
+    pub seed: u64,
+    pub augment: bool,
+    pub augmentation: AugmentConfig,
+    /// `scratch`, or a safetensors file to start from (e.g. `smgeo weights import
+    /// --from swin` output; missing keys keep their initialisation).
+    pub init: String,
+    /// Stop after this many optimiser steps in total (tiny runs, CI); 0 = no limit.
+    pub max_steps: usize,
+    /// Use at most this many training / validation samples (0 = all).
+    pub limit_train: usize,
+    pub limit_val: usize,
+    /// Save `last/` every this many steps (and at every epoch end); 0 = epoch ends only.
+    pub checkpoint_every: usize,
+    /// Skip samples whose images are missing or wrong (counted) instead of stopping.
+    pub skip_bad_samples: bool,
+    pub threads: Option<i32>,
+    pub device: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            preset: Preset::Paper,
+            model_config: None,
+            model: None,
+            epochs: 25,
+            batch: 8,
+            lr: 1e-4,
+            min_lr: 1e-5,
+            warmup_epochs: 2.0,
+            weight_decay: 1e-4,
+            clip_grad_norm: 1.0,
+            lambdas: (1.0, 1.0, 0.01),
+            seed: 42,
+            augment: true,
+            augmentation: AugmentConfig::default(),
+            init: "scratch".into(),
+            max_steps: 0,
+            limit_train: 0,
+            limit_val: 0,
+            checkpoint_every: 0,
+            skip_bad_samples: true,
+            threads: None,
+            device: "auto".into(),
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn from_file(p: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(p).map_err(|e| OfflineError::Io { path: p.into(), source: e })?;
+        let c: TrainConfig =
+            toml::from_str(&text).map_err(|e| OfflineError::Config(format!("{}: {e}", p.display())))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(OfflineError::Config(m.to_string()));
+        if self.batch == 0 || self.epochs == 0 {
+            return bad("batch and epochs must be > 0");
+        }
+        if !(self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return bad("need lr > 0 and 0 ≤ min_lr ≤ lr");
+        }
+        if self.weight_decay < 0.0 || self.clip_grad_norm < 0.0 || self.warmup_epochs < 0.0 {
+            return bad("weight_decay, clip_grad_norm and warmup_epochs must be ≥ 0");
+        }
+        Ok(())
+    }
+
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        let mut v = match &self.model_config {
+            Some(p) => {
+                serde_json::to_value(ModelConfig::from_file(p)?).map_err(|e| OfflineError::Config(e.to_string()))?
+            }
+            None => serde_json::json!({ "preset": self.preset }),
+        };
+        if let (Some(over), Some(obj)) = (&self.model, v.as_object_mut()) {
+            for (k, val) in over {
+                obj.insert(k.clone(), serde_json::to_value(val).map_err(|e| OfflineError::Config(e.to_string()))?);
+            }
+        }
+        Ok(ModelConfig::from_value(v)?)
+    }
+}
+
+/// Learning rate at a (fractional) epoch: linear warm-up from 0, then cosine to min.
+pub fn lr_at(cfg: &TrainConfig, epoch_f: f64) -> f64 {
+    let base = cfg.lr * cfg.batch as f64 / 8.0;
+    let min = cfg.min_lr.min(base);
+    if epoch_f < cfg.warmup_epochs {
+        return base * (epoch_f + 1e-3).min(cfg.warmup_epochs) / cfg.warmup_epochs;
+    }
+    let span = (cfg.epochs as f64 - cfg.warmup_epochs).max(1e-9);
+    let t = ((epoch_f - cfg.warmup_epochs) / span).clamp(0.0, 1.0);
+    min + (base - min) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+}
+
+/// AdamW with decoupled weight decay, state kept per parameter name.
+pub struct AdamW {
+    params: Vec<(String, Tensor, bool)>,
+    m: BTreeMap<String, Tensor>,
+    v: BTreeMap<String, Tensor>,
+    pub step: i64,
+    betas: (f64, f64),
+    eps: f64,
+}
+
+/// No decay on norms, biases, bias tables and 1-D parameters.
+pub fn decays(name: &str, t: &Tensor) -> bool {
+    !(t.dim() <= 1 || name.contains("norm") || name.ends_with("bias_table") || name.ends_with(".bias"))
+}
+
+impl AdamW {
+    pub fn new(vs: &VarStore) -> Self {
+        let mut params: Vec<(String, Tensor, bool)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(k, t)| {
+                let d = decays(&k, &t);
+                (k, t, d)
+            })
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let m = params.iter().map(|(k, t, _)| (k.clone(), t.zeros_like())).collect();
+        let v = params.iter().map(|(k, t, _)| (k.clone(), t.zeros_like())).collect();
+        AdamW { params, m, v, step: 0, betas: (0.9, 0.999), eps: 1e-8 }
+    }
+
+    pub fn zero_grad(&mut self) {
+        for (_, p, _) in &mut self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    /// Clip the global gradient norm to `max` (0 = off); returns the norm before.
+    pub fn clip_grad_norm(&self, max: f64) -> f64 {
+        let norms: Vec<Tensor> =
+            self.params.iter().map(|(_, p, _)| p.grad()).filter(|g| g.defined()).map(|g| g.norm().square()).collect();
+        if norms.is_empty() {
+            return 0.0;
+        }
+        let total = Tensor::stack(&norms, 0).sum(Kind::Float).sqrt().double_value(&[]);
+        if max > 0.0 && total > max {
+            let s = max / (total + 1e-6);
+            tch::no_grad(|| {
+                for (_, p, _) in &self.params {
+                    let mut g = p.grad();
+                    if g.defined() {
+                        let _ = g.g_mul_scalar_(s);
+                    }
+                }
+            });
+        }
+        total
+    }
+
+    pub fn step(&mut self, lr: f64, wd: f64) {
+        self.step += 1;
+        let (b1, b2) = self.betas;
+        let bc1 = 1.0 - b1.powi(self.step as i32);
+        let bc2 = 1.0 - b2.powi(self.step as i32);
+        tch::no_grad(|| {
+            for (k, p, decay) in &mut self.params {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let m = self.m.get_mut(k).expect("state for every param");
+                let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
+                let v = self.v.get_mut(k).expect("state for every param");
+                let _ = v.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
+                if *decay && wd > 0.0 {
+                    let _ = p.g_mul_scalar_(1.0 - lr * wd);
+                }
+                let upd = (&*m / bc1) / ((&*v / bc2).sqrt() + self.eps) * lr;
+                let _ = p.g_sub_(&upd);
+            }
+        });
+    }
+
+    pub fn state(&self) -> BTreeMap<String, Tensor> {
+        let mut s = BTreeMap::new();
+        for (k, t) in &self.m {
+            s.insert(format!("m.{k}"), t.shallow_clone());
+        }
+        for (k, t) in &self.v {
+            s.insert(format!("v.{k}"), t.shallow_clone());
+        }
+        s
+    }
+
+    pub fn load_state(&mut self, st: &BTreeMap<String, Tensor>, step: i64) -> Result<()> {
+        for (pre, map) in [("m.", &mut self.m), ("v.", &mut self.v)] {
+            for (k, t) in map.iter_mut() {
+                let src = st
+                    .get(&format!("{pre}{k}"))
+                    .ok_or_else(|| OfflineError::Checkpoint(format!("optimiser state lacks {pre}{k}")))?;
+                if src.size() != t.size() {
+                    return Err(OfflineError::Checkpoint(format!(
+                        "optimiser state {pre}{k} has shape {:?}",
+                        src.size()
+                    )));
+                }
+                tch::no_grad(|| t.copy_(&src.to_device(t.device())));
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// Progress saved next to the weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainState {
+    pub epoch: usize,
+    /// Batches of `epoch` already done.
+    pub batch_in_epoch: usize,
+    pub global_step: i64,
+    pub best_val_acc50: f64,
+    pub best_epoch: Option<usize>,
+    pub data_hash_train: String,
+    pub data_hash_val: Option<String>,
+    pub train_config: TrainConfig,
+    pub model_config: ModelConfig,
+    pub history: Vec<serde_json::Value>,
+}
+
+#[derive(Debug)]
+pub struct TrainArgs {
+    pub config: TrainConfig,
+    pub data: PathBuf,
+    pub dataset: String,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub progress: bool,
+}
+
+fn ckpt_err(e: impl std::fmt::Display) -> OfflineError {
+    OfflineError::Checkpoint(e.to_string())
+}
+
+fn save_dir(dir: &Path, vs: &VarStore, opt: Option<&AdamW>, state: &TrainState) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| OfflineError::Io { path: dir.into(), source: e })?;
+    let meta: BTreeMap<String, String> =
+        [("config".to_string(), serde_json::to_string(&state.model_config).map_err(ckpt_err)?)].into();
+    weights::write_safetensors(&weights::state_dict(vs), &meta, &dir.join("weights.safetensors"))?;
+    if let Some(o) = opt {
+        weights::write_safetensors(&o.state(), &BTreeMap::new(), &dir.join("optim.safetensors"))?;
+    }
+    let model_json = serde_json::to_string_pretty(&state.model_config).map_err(ckpt_err)?;
+    std::fs::write(dir.join("model.json"), model_json).map_err(|e| OfflineError::Io { path: dir.into(), source: e })?;
+    let st = serde_json::to_string_pretty(state).map_err(ckpt_err)?;
+    std::fs::write(dir.join("state.json"), st).map_err(|e| OfflineError::Io { path: dir.into(), source: e })
+}
+
+/// Summary printed at the end of a run.
+#[derive(Debug, Serialize)]
+pub struct TrainSummary {
+    pub steps: i64,
+    pub epochs_done: usize,
+    pub best_val_acc50: f64,
+    pub best_epoch: Option<usize>,
+    pub samples_per_s: f64,
+    pub skipped_samples: usize,
+    pub out: PathBuf,
+    pub first_loss: f64,
+    pub last_loss: f64,
+}
+
+pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
+    let cfg = &a.config;
+    cfg.validate()?;
+    if let Some(t) = cfg.threads {
+        tch::set_num_threads(t);
+    }
+    let dev = crate::device::select(&cfg.device).map_err(|e| OfflineError::Config(e.to_string()))?;
+    let mcfg = cfg.model_config()?;
+    let train_ds = Dataset::open(&a.data, &a.dataset, "train", !cfg.skip_bad_samples)?;
+    let val_ds = Dataset::open(&a.data, &a.dataset, "val", !cfg.skip_bad_samples).ok();
+    tch::manual_seed(cfg.seed as i64);
+    let mut vs = VarStore::new(dev);
+    let model = Smgeo::new(&vs.root(), &mcfg)?;
+    let mut opt;
+    let last = a.out.join("last");
+    let mut state = if a.resume && last.join("state.json").exists() {
+        let st: TrainState = serde_json::from_slice(
+            &std::fs::read(last.join("state.json")).map_err(|e| OfflineError::Io { path: last.clone(), source: e })?,
+        )
+        .map_err(ckpt_err)?;
+        if st.data_hash_train != train_ds.hash {
+            return Err(OfflineError::Checkpoint(format!(
+                "{}: checkpoint was trained on other data (hash {} vs {})",
+                last.display(),
+                st.data_hash_train,
+                train_ds.hash
+            )));
+        }
+        weights::load_file(&vs, &last.join("weights.safetensors"), true)?;
+        opt = AdamW::new(&vs);
+        opt.load_state(&weights::read_safetensors(&last.join("optim.safetensors"))?, st.global_step)?;
+        tracing::info!(epoch = st.epoch, step = st.global_step, "resumed from {}", last.display());
+        st
+    } else {
+        if cfg.init != "scratch" {
+            let rep = weights::load_file(&vs, Path::new(&cfg.init), false)?;
+            tracing::info!(
+                "initialised from {}: {} tensors, {} kept their init",
+                cfg.init,
+                rep.loaded,
+                rep.missing.len()
+            );
+        }
+        opt = AdamW::new(&vs);
+        TrainState {
+            epoch: 0,
+            batch_in_epoch: 0,
+            global_step: 0,
+            best_val_acc50: -1.0,
+            best_epoch: None,
+            data_hash_train: train_ds.hash.clone(),
+            data_hash_val: val_ds.as_ref().map(|d| d.hash.clone()),
+            train_config: cfg.clone(),
+            model_config: mcfg.clone(),
+            history: vec![],
+        }
+    };
+    let n_train = if cfg.limit_train > 0 { cfg.limit_train.min(train_ds.len()) } else { train_ds.len() };
+    if n_train == 0 {
+        return Err(OfflineError::Config(format!("{}: no training samples", train_ds.report.path.display())));
+    }
+    let batches_per_epoch = n_train.div_ceil(cfg.batch);
+    let bar = a.progress.then(|| {
+        let pb = indicatif::ProgressBar::new((cfg.epochs * batches_per_epoch) as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        pb.set_position((state.epoch * batches_per_epoch + state.batch_in_epoch) as u64);
+        pb
+    });
+    let t0 = Instant::now();
+    let (mut seen, mut skipped) = (0usize, 0usize);
+    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    let mut stop = false;
+    while state.epoch < cfg.epochs && !stop {
+        let epoch = state.epoch;
+        let mut order: Vec<usize> = (0..train_ds.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        order.truncate(n_train);
+        let mut sum_loss = 0.0;
+        let mut n_loss = 0usize;
+        for b in state.batch_in_epoch..batches_per_epoch {
+            let idx = &order[b * cfg.batch..((b + 1) * cfg.batch).min(n_train)];
+            let mut samples: Vec<Sample> = Vec::with_capacity(idx.len());
+            for &i in idx {
+                match train_ds.load(i) {
+                    Ok(s) => {
+                        let s = if cfg.augment {
+                            let key = cfg.seed.wrapping_mul(1_000_003) ^ ((epoch as u64) << 32) ^ i as u64;
+                            augment(s, &cfg.augmentation, &mut ChaCha8Rng::seed_from_u64(key))
+                        } else {
+                            s
+                        };
+                        samples.push(s);
+                    }
+                    Err(e) if cfg.skip_bad_samples => {
+                        skipped += 1;
+                        tracing::warn!("skipping: {e}");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if samples.is_empty() {
+                state.batch_in_epoch = b + 1;
+                continue;
+            }
+            let batch = collate(&samples, dev)?;
+            let epoch_f = epoch as f64 + b as f64 / batches_per_epoch as f64;
+            let lr = lr_at(cfg, epoch_f);
+            tch::manual_seed((cfg.seed as i64).wrapping_mul(31).wrapping_add(state.global_step));
+            let out = model.forward_t(&batch.query, &batch.sat, true, &mut Trace::off())?;
+            let hs = out.heatmap.size();
+            let sat_hw = (batch.sat.size()[2], batch.sat.size()[3]);
+            let tg = loss::build_targets(&batch.boxes, sat_hw, (hs[2], hs[3])).to_device(dev);
+            let bal = if mcfg.balance_entropy { out.entropy.shallow_clone() } else { out.entropy.zeros_like() };
+            let lp = loss::paper_loss(&out.heatmap, &out.bbox, &tg, &bal, cfg.lambdas);
+            opt.zero_grad();
+            lp.total.backward();
+            let gnorm = opt.clip_grad_norm(cfg.clip_grad_norm);
+            opt.step(lr, cfg.weight_decay);
+            let l = lp.total.double_value(&[]);
+            if !l.is_finite() {
+                return Err(OfflineError::Config(format!("loss became {l} at step {}", state.global_step)));
+            }
+            if first_loss.is_nan() {
+                first_loss = l;
+            }
+            last_loss = l;
+            sum_loss += l;
+            n_loss += 1;
+            seen += samples.len();
+            state.global_step += 1;
+            state.batch_in_epoch = b + 1;
+            if let Some(pb) = &bar {
+                pb.inc(1);
+                let sps = seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+                pb.set_message(format!(
+                    "ep {epoch} loss {l:.4} hm {:.3} box {:.3} lr {lr:.2e} |g| {gnorm:.2} {sps:.2} samples/s",
+                    lp.heatmap.double_value(&[]),
+                    lp.bbox.double_value(&[])
+                ));
+            }
+            let max_hit = cfg.max_steps > 0 && state.global_step as usize >= cfg.max_steps;
+            if max_hit || (cfg.checkpoint_every > 0 && state.global_step as usize % cfg.checkpoint_every == 0) {
+                save_dir(&last, &vs, Some(&opt), &state)?;
+            }
+            if max_hit {
+                stop = true;
+                break;
+            }
+        }
+        if stop {
+            break;
+        }
+        // epoch end: validation, best selection, checkpoint
+        let mut entry = serde_json::json!({"epoch": epoch, "train_loss": sum_loss / n_loss.max(1) as f64, "lr_end": lr_at(cfg, epoch as f64 + 1.0)});
+        if let Some(val) = &val_ds {
+            let opts = EvalOptions { batch: cfg.batch, limit: cfg.limit_val, device: dev, examples: 0 };
+            let (summary, _) = evaluate(&model, val, &opts)?;
+            let acc = summary.overall.pixel_iou.acc_at_0_5;
+            entry["val"] = serde_json::to_value(&summary.overall).map_err(ckpt_err)?;
+            if acc > state.best_val_acc50 {
+                state.best_val_acc50 = acc;
+                state.best_epoch = Some(epoch);
+                save_dir(&a.out.join("best"), &vs, None, &state)?;
+            }
+            if let Some(pb) = &bar {
+                pb.println(format!("epoch {epoch}: val acc@0.5 {:.4} mIoU {:.4}", acc, summary.overall.pixel_iou.miou));
+            }
+        }
+        state.history.push(entry);
+        state.epoch += 1;
+        state.batch_in_epoch = 0;
+        save_dir(&last, &vs, Some(&opt), &state)?;
+    }
+    if let Some(pb) = bar {
+        pb.finish();
+    }
+    vs.freeze();
+    Ok(TrainSummary {
+        steps: state.global_step,
+        epochs_done: state.epoch,
+        best_val_acc50: state.best_val_acc50,
+        best_epoch: state.best_epoch,
+        samples_per_s: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+        skipped_samples: skipped,
+        out: a.out.clone(),
+        first_loss,
+        last_loss,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_min() {
+        let c = TrainConfig { epochs: 25, batch: 8, lr: 1e-4, min_lr: 1e-5, warmup_epochs: 2.0, ..Default::default() };
+        assert!(lr_at(&c, 0.0) < 1e-6);
+        assert!((lr_at(&c, 1.0) - 0.5e-4).abs() < 1e-7);
+        assert!((lr_at(&c, 2.0) - 1e-4).abs() < 1e-12);
+        assert!((lr_at(&c, 25.0) - 1e-5).abs() < 1e-12);
+        assert!(lr_at(&c, 10.0) < lr_at(&c, 5.0));
+    }
+
+    #[test]
+    fn decay_groups() {
+        let w = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
+        let b = Tensor::zeros([2], (Kind::Float, Device::Cpu));
+        assert!(decays("backbone.stages.0.blocks.0.attn.in_proj_weight", &w));
+        assert!(!decays("backbone.stages.0.blocks.0.attn.relative_position_bias_table", &w));
+        assert!(!decays("backbone.stages.0.blocks.0.norm1.weight", &b));
+        assert!(!decays("head.conv.0.bias", &b));
+    }
+}
