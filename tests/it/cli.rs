@@ -102,3 +102,20 @@ fn predict_draws_and_rejects_bad_input() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.png"));
 }
+
+#[test]
+fn import_strips_dataparallel_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = crate::common::load("golden/tiny_weights.safetensors");
+    let prefixed: std::collections::BTreeMap<String, tch::Tensor> =
+        w.iter().map(|(k, t)| (format!("module.{k}"), t.shallow_clone())).collect();
+    let src = dir.path().join("dp.safetensors");
+    smgeo::model::weights::write_safetensors(&prefixed, &Default::default(), &src).unwrap();
+    let out = dir.path().join("ours.safetensors");
+    let st = smgeo().args(["weights", "import", "--from", "smgeo"]).arg(&src).arg("--out").arg(&out).status().unwrap();
+    assert!(st.success());
+    let cfg = smgeo::model::ModelConfig::from_file(&fixture("golden/tiny_config.json")).unwrap();
+    let (vs, _) = smgeo::weights_cli::build(&cfg, tch::Device::Cpu).unwrap();
+    let rep = smgeo::model::weights::load_file(&vs, &out, true).unwrap();
+    assert_eq!(rep.aliases_checked, 120);
+}

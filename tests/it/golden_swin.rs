@@ -102,3 +102,40 @@ fn bias_table_resize_7_to_8_matches_timm() {
     let got = weights::resize_bias_table(&a["resize.table_w7"], 8).unwrap();
     assert_close("table_w8_timm", &got, &a["resize.table_w8_timm"], 1e-5, 1e-5);
 }
+
+#[test]
+fn microsoft_layout_imports_like_timm() {
+    // rewrite the timm golden weights in the Microsoft classification layout
+    // (downsample at the end of the previous stage, `head.*`, persistent index/mask
+    // buffers) and check both imports give the same tensors
+    let timm = load("golden/swin_tiny_weights.safetensors");
+    let mut ms = std::collections::BTreeMap::new();
+    for (k, t) in &timm {
+        let nk = if let Some(r) = k.strip_prefix("layers.") {
+            let (n, rest) = r.split_once('.').unwrap();
+            if rest.starts_with("downsample.") {
+                format!("layers.{}.{rest}", n.parse::<i64>().unwrap() - 1)
+            } else {
+                k.clone()
+            }
+        } else if let Some(r) = k.strip_prefix("head.fc.") {
+            format!("head.{r}")
+        } else {
+            k.clone()
+        };
+        ms.insert(nk, t.shallow_clone());
+    }
+    ms.insert(
+        "layers.0.blocks.0.attn.relative_position_index".into(),
+        Tensor::zeros([16, 16], (Kind::Int64, Device::Cpu)),
+    );
+    ms.insert("layers.0.blocks.1.attn_mask".into(), Tensor::zeros([140, 16, 16], (Kind::Float, Device::Cpu)));
+    let a = weights::import_swin(timm, 4, 4).unwrap();
+    let b = weights::import_swin(ms, 4, 4).unwrap();
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, t) in &a {
+        assert!(t.equal(&b[k]), "{k}");
+    }
+    // ImageNet 3-channel input: the query embed gets a zero click channel
+    assert_eq!(a["backbone.patch_embeds.query.proj.weight"].size(), vec![16, 4, 4, 4]);
+}

@@ -4,3 +4,4 @@ mod common;
 mod golden_release;
 mod golden_swin;
 mod model_units;
+mod train;
