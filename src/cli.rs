@@ -29,6 +29,10 @@ pub enum Cmd {
     Train(crate::offline::cli::TrainCmd),
     /// Evaluate weights on a CVOGL split: metrics JSON and a Markdown report with plots.
     Eval(crate::offline::cli::EvalCmd),
+    /// Satellite mosaics: build (COG tiles + VRT), info, georeferenced chips.
+    #[cfg(feature = "geo")]
+    #[command(subcommand)]
+    Mosaic(crate::georef::cli::MosaicCmd),
     /// MISB ST 0601 KLV telemetry.
     #[command(subcommand)]
     Klv(KlvCmd),
@@ -52,6 +56,17 @@ pub enum KlvCmd {
 pub enum BenchCmd {
     /// Model forward latency at CVOGL sizes, both presets.
     Model(bench::BenchModelArgs),
+    /// Time to cut a 1024² chip from a multi-file COG mosaic vs GDAL's command-line tools.
+    #[cfg(feature = "geo")]
+    Chip {
+        /// Mosaic (file, folder or VRT); default: a generated 2×2 COG mosaic.
+        #[arg(long)]
+        mosaic: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -61,12 +76,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string(&p)?);
         }
         Cmd::Weights(w) => weights_cli::run(w)?,
+        #[cfg(feature = "geo")]
+        Cmd::Mosaic(m) => crate::georef::cli::run(m)?,
         Cmd::Klv(KlvCmd::Dump(a)) => crate::klv::cli::run_dump(a)?,
         Cmd::Train(t) => crate::offline::cli::run_train(t)?,
         Cmd::Eval(e) => crate::offline::cli::run_eval(e)?,
         Cmd::Bench(BenchCmd::Model(a)) => {
             let v = bench::bench_model(a)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        #[cfg(feature = "geo")]
+        Cmd::Bench(BenchCmd::Chip { mosaic, size, iterations }) => {
+            let o = crate::georef::bench::BenchChipOptions {
+                mosaic: mosaic.clone(),
+                center: None,
+                size: *size,
+                iterations: *iterations,
+            };
+            println!("{}", serde_json::to_string_pretty(&crate::georef::bench::bench_chip(&o)?)?);
         }
         Cmd::Info { device } => {
             let d = crate::device::select(device)?;

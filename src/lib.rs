@@ -8,6 +8,8 @@ pub mod bench;
 pub mod cli;
 pub mod device;
 pub mod error;
+#[cfg(feature = "geo")]
+pub mod georef;
 pub mod klv;
 pub mod model;
 pub mod offline;

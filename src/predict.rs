@@ -67,6 +67,45 @@ pub struct Prediction {
     pub score: f32,
     pub cell: (i64, i64),
     pub device: String,
+    /// WGS84 result when the reference is a georeferenced raster (GeoTIFF etc.).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wgs84: Option<serde_json::Value>,
+}
+
+/// Box in reference pixels → WGS84 centre, footprint ring and ground size, when the
+/// reference file carries georeferencing. `Ok(None)` for plain images.
+#[cfg(feature = "geo")]
+fn georeference(path: &Path, b: [f32; 4]) -> Result<Option<serde_json::Value>> {
+    use crate::georef::{pixel_box_to_wgs84, MosaicSpec, PixelBox};
+    let is_raster = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "tif" | "tiff" | "vrt" | "img" | "jp2"));
+    if !is_raster {
+        return Ok(None);
+    }
+    let reader = match MosaicSpec::from_path(path).open() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!("{}: not georeferenced ({e}); printing pixels only", path.display());
+            return Ok(None);
+        }
+    };
+    let pb = PixelBox { x1: b[0] as f64, y1: b[1] as f64, x2: b[2] as f64, y2: b[3] as f64 };
+    let g = pixel_box_to_wgs84(&pb, &reader.geotransform(), reader.crs())
+        .map_err(|e| Error::Io(format!("georeferencing the box in {}: {e}", path.display())))?;
+    Ok(Some(serde_json::json!({
+        "center": [g.center.lon, g.center.lat],
+        "footprint": g.ring.iter().map(|p| [p.lon, p.lat]).collect::<Vec<_>>(),
+        "width_m": g.width_m,
+        "height_m": g.height_m,
+        "crs": reader.crs().label(),
+    })))
+}
+
+#[cfg(not(feature = "geo"))]
+fn georeference(_path: &Path, _b: [f32; 4]) -> Result<Option<serde_json::Value>> {
+    Ok(None)
 }
 
 pub fn run(a: &PredictArgs) -> Result<Prediction> {
@@ -98,6 +137,7 @@ pub fn run(a: &PredictArgs) -> Result<Prediction> {
         score: det.score,
         cell: det.cell,
         device: crate::device::describe(dev),
+        wgs84: georeference(&a.reference, box_xyxy)?,
     };
     if let Some(out) = &a.out {
         let pic = draw_result(&q, a.click, &r, box_xyxy);

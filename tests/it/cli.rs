@@ -119,3 +119,45 @@ fn import_strips_dataparallel_prefix() {
     let rep = smgeo::model::weights::load_file(&vs, &out, true).unwrap();
     assert_eq!(rep.aliases_checked, 120);
 }
+
+#[test]
+fn predict_on_a_geotiff_prints_wgs84() {
+    use gdal::raster::Buffer;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = d.join("m.json");
+    std::fs::write(&cfg, r#"{"preset": "paper", "embed_dim": 8, "num_heads": [2, 2, 4, 4], "head_feat_channels": 8}"#)
+        .unwrap();
+    let w = d.join("w.safetensors");
+    assert!(smgeo().args(["weights", "init", "--config"]).arg(&cfg).arg("--out").arg(&w).status().unwrap().success());
+    // 256² RGB GeoTIFF in UTM 32N, 0.5 m pixels, origin at the ENVIRONMENT.md check point
+    let tif = d.join("ref.tif");
+    let drv = gdal::DriverManager::get_driver_by_name("GTiff").unwrap();
+    let mut ds = drv.create_with_band_type::<u8, _>(&tif, 256, 256, 3).unwrap();
+    ds.set_geo_transform(&[690512.25, 0.5, 0.0, 5339487.75, 0.0, -0.5]).unwrap();
+    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32632).unwrap()).unwrap();
+    for b in 1..=3 {
+        let data: Vec<u8> = (0..256 * 256).map(|i| ((i * b) % 251) as u8).collect();
+        let mut buf = Buffer::new((256, 256), data);
+        ds.rasterband(b).unwrap().write((0, 0), (256, 256), &mut buf).unwrap();
+    }
+    drop(ds);
+    image::RgbImage::from_fn(256, 256, |x, y| image::Rgb([x as u8, y as u8, 9])).save(d.join("q.png")).unwrap();
+    let out = smgeo()
+        .args(["predict", "--query"])
+        .arg(d.join("q.png"))
+        .args(["--click", "100,100", "--reference"])
+        .arg(&tif)
+        .arg("--weights")
+        .arg(&w)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c: Vec<f64> = serde_json::from_value(v["wgs84"]["center"].clone()).unwrap();
+    // the 128 m raster starts at lon 11.5629612, lat 48.1800402 (its top-left corner)
+    assert!((11.5629..11.5648).contains(&c[0]) && (48.1788..48.18005).contains(&c[1]), "{c:?}");
+    assert_eq!(v["wgs84"]["footprint"].as_array().unwrap().len(), 5);
+}
