@@ -4,7 +4,7 @@
 #   deploy/smgeo.sh test           install what is missing, build, run the whole test suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="$HOME/.cargo/bin:$PATH:/usr/sbin:/sbin"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust 1.95 (rustup) first" >&2; exit 1; }
 bash deploy/setup.sh
 

@@ -11,9 +11,11 @@ pub mod error;
 #[cfg(feature = "geo")]
 pub mod georef;
 pub mod klv;
+pub mod live;
 pub mod model;
 pub mod offline;
 pub mod predict;
+pub mod publish;
 pub mod weights_cli;
 
 pub use error::{Error, Result};
