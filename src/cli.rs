@@ -33,6 +33,9 @@ pub enum Cmd {
     #[cfg(feature = "geo")]
     #[command(subcommand)]
     Mosaic(crate::georef::cli::MosaicCmd),
+    /// Synthetic data in the real formats (one procedural world for all generators).
+    #[command(subcommand)]
+    Synth(SynthCmd),
     /// MISB ST 0601 KLV telemetry.
     #[command(subcommand)]
     Klv(KlvCmd),
@@ -44,6 +47,12 @@ pub enum Cmd {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SynthCmd {
+    /// A synthetic benchmark in CVOGL's exact format (JPEGs + .pth records).
+    Cvogl(crate::synth::cli::CvoglArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -78,6 +87,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Weights(w) => weights_cli::run(w)?,
         #[cfg(feature = "geo")]
         Cmd::Mosaic(m) => crate::georef::cli::run(m)?,
+        Cmd::Synth(SynthCmd::Cvogl(a)) => {
+            let m = crate::synth::cli::run_cvogl(a)?;
+            println!("{}", serde_json::to_string_pretty(&m)?);
+        }
         Cmd::Klv(KlvCmd::Dump(a)) => crate::klv::cli::run_dump(a)?,
         Cmd::Train(t) => crate::offline::cli::run_train(t)?,
         Cmd::Eval(e) => crate::offline::cli::run_eval(e)?,

@@ -16,6 +16,7 @@ pub mod model;
 pub mod offline;
 pub mod predict;
 pub mod publish;
+pub mod synth;
 pub mod weights_cli;
 
 pub use error::{Error, Result};

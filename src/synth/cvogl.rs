@@ -1,0 +1,440 @@
+//! Synthetic CVOGL (DroneAerial) samples: a drone query image with a click on a target
+//! object and a satellite chip with the target's box and polygon (SMGEO_SPEC §3, §7).
+//!
+//! Per sample: pick a category uniformly among those present, then an object of it; place a
+//! drone camera (altitude, heading, pitch, hfov from [`SampleConfig`]) so that the target's
+//! interior point lands on a random query pixel away from the border and the whole footprint
+//! is visible; click = projection of that interior point (the polygon centroid when it lies
+//! inside the polygon, e.g. not for courtyards); pick a chip origin with the target fully
+//! inside, preferring positions with ≥ `min_same_category` other objects of its category
+//! fully inside; render both views with independently drawn appearances.
+//!
+//! Pixel conventions: query and chip pixels are continuous (pixel i covers [i, i+1], y down).
+//! `bbox` = [x1, y1, x2, y2] of the footprint's outer ring in chip pixels; `polygon` = the
+//! 4 corners of the footprint's minimum-area rectangle when that rectangle's axis-aligned box
+//! equals `bbox` (rectangular footprints), otherwise the corners of `bbox` itself; corners
+//! start at the top-most and go clockwise on screen, as in the CVOGL example record.
+
+use super::camera::{render_perspective, Camera};
+use super::geom::{bbox_of, interior_point, min_area_rect, P2};
+use super::render::{ortho_world_to_pixel, render_ortho, Appearance};
+use super::world::{Object, World};
+use super::{Result, SynthError};
+use image::RgbImage;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// Sampling ranges; defaults follow the CVOGL DroneAerial sizes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleConfig {
+    /// Query (width, height) px; DroneAerial is 256×256.
+    pub query_size: (u32, u32),
+    /// Satellite chip side in px (CVOGL: 1024).
+    pub chip_px: u32,
+    /// Chip ground sampling distance range, m/px.
+    pub gsd_m: (f64, f64),
+    pub altitude_m: (f64, f64),
+    /// Degrees below the horizon (90 = nadir).
+    pub pitch_deg: (f64, f64),
+    pub hfov_deg: (f64, f64),
+    /// Minimum distance of the click from the query border, as a fraction of the size.
+    pub click_margin_frac: f64,
+    /// Minimum distance of the target box from the chip border, px.
+    pub chip_margin_px: f64,
+    /// Wanted number of *other* same-category objects inside the chip.
+    pub min_same_category: usize,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        SampleConfig {
+            query_size: (256, 256),
+            chip_px: 1024,
+            gsd_m: (0.3, 0.6),
+            altitude_m: (80.0, 250.0),
+            pitch_deg: (45.0, 90.0),
+            hfov_deg: (50.0, 80.0),
+            click_margin_frac: 0.15,
+            chip_margin_px: 24.0,
+            min_same_category: 2,
+        }
+    }
+}
+
+impl SampleConfig {
+    /// Check ranges; returns the first problem found.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, value: String, why| Err(SynthError::InvalidConfig { field, value, why });
+        let range_ok = |r: (f64, f64), lo: f64, hi: f64| r.0 <= r.1 && r.0 >= lo && r.1 <= hi;
+        if self.query_size.0 < 16 || self.query_size.1 < 16 {
+            return bad("query_size", format!("{:?}", self.query_size), "both sides must be ≥ 16 px");
+        }
+        if self.chip_px < 32 {
+            return bad("chip_px", self.chip_px.to_string(), "must be ≥ 32 px");
+        }
+        if !range_ok(self.gsd_m, 0.01, 100.0) {
+            return bad("gsd_m", format!("{:?}", self.gsd_m), "need 0.01 ≤ lo ≤ hi ≤ 100");
+        }
+        if !range_ok(self.altitude_m, 1.0, 10_000.0) {
+            return bad("altitude_m", format!("{:?}", self.altitude_m), "need 1 ≤ lo ≤ hi ≤ 10000");
+        }
+        if !range_ok(self.pitch_deg, 20.0, 90.0) {
+            return bad("pitch_deg", format!("{:?}", self.pitch_deg), "need 20 ≤ lo ≤ hi ≤ 90");
+        }
+        if !range_ok(self.hfov_deg, 5.0, 120.0) {
+            return bad("hfov_deg", format!("{:?}", self.hfov_deg), "need 5 ≤ lo ≤ hi ≤ 120");
+        }
+        if !(0.0..0.45).contains(&self.click_margin_frac) {
+            return bad("click_margin_frac", self.click_margin_frac.to_string(), "need 0 ≤ m < 0.45");
+        }
+        if !(0.0..self.chip_px as f64 / 4.0).contains(&self.chip_margin_px) {
+            return bad("chip_margin_px", self.chip_margin_px.to_string(), "need 0 ≤ m < chip_px / 4");
+        }
+        Ok(())
+    }
+
+    /// Largest target extent (m) that fits the smallest chip and the widest nadir view.
+    fn max_target_m(&self) -> (f64, f64) {
+        let chip = self.chip_px as f64 * self.gsd_m.0 - 2.0 * self.chip_margin_px * self.gsd_m.0;
+        let view = 2.0
+            * self.altitude_m.1
+            * (self.hfov_deg.1.to_radians() / 2.0).tan()
+            * (1.0 - 2.0 * self.click_margin_frac)
+            * 0.8;
+        (chip, view)
+    }
+}
+
+/// One synthetic CVOGL record with its images and georeferencing.
+#[derive(Clone, Debug)]
+pub struct SynthSample {
+    /// Drone query, `query_size`.
+    pub query: RgbImage,
+    /// Satellite chip, `chip_px`².
+    pub sat: RgbImage,
+    /// Click (x, y) in query pixels.
+    pub click: (f64, f64),
+    /// Target box [x1, y1, x2, y2] in chip pixels.
+    pub bbox: [f64; 4],
+    /// Target rectangle corners (x, y)×4 in chip pixels; its bbox equals `bbox`.
+    pub polygon: [f64; 8],
+    pub category: String,
+    pub object_id: u64,
+    /// Other objects of `category` lying fully inside the chip.
+    pub same_category_in_chip: usize,
+    /// North-west corner of the chip (m, world frame).
+    pub chip_origin_m: (f64, f64),
+    pub gsd_m: f64,
+    pub camera: Camera,
+    pub sat_appearance: Appearance,
+    pub drone_appearance: Appearance,
+}
+
+/// Targets that fit the config, grouped by category (sorted by name).
+fn eligible(world: &World, cfg: &SampleConfig) -> Vec<(String, Vec<usize>)> {
+    let (chip, view) = cfg.max_target_m();
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for (k, o) in world.objects.iter().enumerate() {
+        let ext = (o.bbox[2] - o.bbox[0]).max(o.bbox[3] - o.bbox[1]);
+        if ext >= chip.min(view) {
+            continue;
+        }
+        match groups.iter_mut().find(|g| g.0 == o.category) {
+            Some(g) => g.1.push(k),
+            None => groups.push((o.category.clone(), vec![k])),
+        }
+    }
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    groups
+}
+
+/// Draw one sample. Fails only on an invalid config or a world without eligible targets.
+pub fn make_sample(world: &World, rng: &mut impl Rng, cfg: &SampleConfig) -> Result<SynthSample> {
+    cfg.validate()?;
+    let groups = eligible(world, cfg);
+    if groups.is_empty() {
+        let (chip_m, view_m) = cfg.max_target_m();
+        return Err(SynthError::NoTarget { seed: world.seed, chip_m, view_m });
+    }
+    let g = &groups[rng.gen_range(0..groups.len())];
+    let obj = &world.objects[g.1[rng.gen_range(0..g.1.len())]];
+    let label = interior_point(&obj.footprint);
+    let camera = place_camera(obj, label, rng, cfg)?;
+    let click = camera
+        .project([label.0, label.1, 0.0])
+        .unwrap_or((cfg.query_size.0 as f64 / 2.0, cfg.query_size.1 as f64 / 2.0));
+    let gsd = rng.gen_range(cfg.gsd_m.0..=cfg.gsd_m.1);
+    let (origin, same) = place_chip(world, obj, gsd, rng, cfg);
+    let to_px = |p: &P2| ortho_world_to_pixel(origin.0, origin.1, gsd, p.0, p.1);
+    let ring_px: Vec<P2> = obj.footprint[0].iter().map(to_px).collect();
+    let b = bbox_of(ring_px.iter()).unwrap_or([0.0; 4]);
+    let polygon = rect_polygon(&ring_px, b);
+    let sat_appearance = Appearance::satellite(rng);
+    let drone_appearance = Appearance::drone(rng);
+    let sat = render_ortho(world, &sat_appearance, origin.0, origin.1, gsd, cfg.chip_px, cfg.chip_px);
+    let query = render_perspective(world, &drone_appearance, &camera);
+    Ok(SynthSample {
+        query,
+        sat,
+        click,
+        bbox: b,
+        polygon,
+        category: obj.category.clone(),
+        object_id: obj.id,
+        same_category_in_chip: same,
+        chip_origin_m: origin,
+        gsd_m: gsd,
+        camera,
+        sat_appearance,
+        drone_appearance,
+    })
+}
+
+/// Random drone pose with the target's interior point on a random pixel and the whole outer
+/// ring inside the image; falls back to a nadir view from the highest altitude.
+fn place_camera(obj: &Object, label: P2, rng: &mut impl Rng, cfg: &SampleConfig) -> Result<Camera> {
+    let (w, h) = cfg.query_size;
+    let m = cfg.click_margin_frac;
+    for _ in 0..32 {
+        let alt = rng.gen_range(cfg.altitude_m.0..=cfg.altitude_m.1);
+        let heading = rng.gen_range(0.0..360.0);
+        let pitch = rng.gen_range(cfg.pitch_deg.0..=cfg.pitch_deg.1);
+        let hfov = rng.gen_range(cfg.hfov_deg.0..=cfg.hfov_deg.1);
+        let px = (rng.gen_range(m..=1.0 - m) * w as f64, rng.gen_range(m..=1.0 - m) * h as f64);
+        let Some(cam) = Camera::looking_at(label, px, alt, heading, pitch, hfov, w, h)? else { continue };
+        let visible =
+            obj.footprint[0].iter().all(|p| cam.project([p.0, p.1, 0.0]).is_some_and(|q| cam.in_image(q, 2.0)));
+        if visible {
+            return Ok(cam);
+        }
+    }
+    let c = (w as f64 / 2.0, h as f64 / 2.0);
+    let cam = Camera::looking_at(label, c, cfg.altitude_m.1, rng.gen_range(0.0..360.0), 90.0, cfg.hfov_deg.1, w, h)?;
+    cam.ok_or(SynthError::InvalidCamera { field: "pitch_deg", value: 90.0 })
+}
+
+/// Chip north-west corner with the target inside (margin), keeping the chip inside the world
+/// where possible. Tries up to 16 positions, every other one framing the target together with
+/// a random same-category neighbour that fits with it; keeps the first position with at least
+/// `min_same_category` neighbours inside (else the best). Returns (origin, neighbours inside).
+fn place_chip(world: &World, obj: &Object, gsd: f64, rng: &mut impl Rng, cfg: &SampleConfig) -> ((f64, f64), usize) {
+    let span = cfg.chip_px as f64 * gsd;
+    let mg = cfg.chip_margin_px * gsd;
+    let union = |a: &[f64; 4], b: &[f64; 4]| [a[0].min(b[0]), a[1].min(b[1]), a[2].max(b[2]), a[3].max(b[3])];
+    let fits = |u: &[f64; 4]| u[2] - u[0] <= span - 2.0 * mg && u[3] - u[1] <= span - 2.0 * mg;
+    let neighbours: Vec<&Object> = world
+        .objects
+        .iter()
+        .filter(|p| p.category == obj.category && p.id != obj.id && fits(&union(&obj.bbox, &p.bbox)))
+        .collect();
+    let mut best = ((obj.bbox[0] - mg, obj.bbox[3] + mg), 0usize, false);
+    for k in 0..16 {
+        let b = match (k % 2, neighbours.len()) {
+            (1, n) if n > 0 => union(&obj.bbox, &neighbours[rng.gen_range(0..n)].bbox),
+            _ => obj.bbox,
+        };
+        let o = chip_origin(b, span, mg, world.extent_m, rng);
+        let chip = [o.0, o.1 - span, o.0 + span, o.1];
+        let n = world.objects_inside(&chip).filter(|p| p.category == obj.category && p.id != obj.id).count();
+        if !best.2 || n > best.1 {
+            best = (o, n, true);
+        }
+        if n >= cfg.min_same_category {
+            break;
+        }
+    }
+    (best.0, best.1)
+}
+
+/// Random chip origin (north-west corner) holding box `b` with margin `mg`, inside the world
+/// extent when that is possible: x0 ∈ [b.max_x + mg − span, b.min_x − mg],
+/// y0 ∈ [b.max_y + mg, b.min_y − mg + span].
+fn chip_origin(b: [f64; 4], span: f64, mg: f64, extent: (f64, f64), rng: &mut impl Rng) -> (f64, f64) {
+    let clamp_range = |lo: f64, hi: f64, wlo: f64, whi: f64| {
+        let (l2, h2) = (lo.max(wlo), hi.min(whi));
+        if l2 <= h2 {
+            (l2, h2)
+        } else {
+            (lo, hi.max(lo))
+        }
+    };
+    let (xl, xh) = clamp_range(b[2] + mg - span, b[0] - mg, 0.0, extent.0 - span);
+    let (yl, yh) = clamp_range(b[3] + mg, b[1] - mg + span, span, extent.1);
+    (rng.gen_range(xl..=xh), rng.gen_range(yl..=yh))
+}
+
+/// Polygon field: the min-area rectangle when its bbox equals `b`, else `b`'s corners;
+/// ordered from the top-most corner, clockwise on screen (y down).
+fn rect_polygon(ring_px: &[P2], b: [f64; 4]) -> [f64; 8] {
+    let r = min_area_rect(ring_px);
+    let rb = bbox_of(r.iter()).unwrap_or(b);
+    // 0.05 px absorbs rounding in hand-made rectangles such as the CVOGL example.
+    let same = rb.iter().zip(b.iter()).all(|(a, c)| (a - c).abs() < 0.05);
+    let mut pts: Vec<P2> =
+        if same && r.len() == 4 { r } else { vec![(b[0], b[1]), (b[2], b[1]), (b[2], b[3]), (b[0], b[3])] };
+    // Clockwise on screen (y down) = positive shoelace sum in pixel coordinates.
+    if super::geom::ring_area(&pts) < 0.0 {
+        pts.reverse();
+    }
+    let start = (0..4).min_by(|&i, &j| pts[i].1.total_cmp(&pts[j].1).then(pts[i].0.total_cmp(&pts[j].0))).unwrap_or(0);
+    let mut out = [0.0; 8];
+    for k in 0..4 {
+        let p = pts[(start + k) % 4];
+        out[2 * k] = p.0;
+        out[2 * k + 1] = p.1;
+    }
+    out
+}
+
+/// Deterministic stream of `n` samples: sample i uses ChaCha8 seeded with `seed`, stream i,
+/// so any sample can be regenerated alone. Validates `cfg` and the world up front.
+pub fn generate_split<'a>(
+    world: &'a World,
+    seed: u64,
+    n: usize,
+    cfg: &'a SampleConfig,
+) -> Result<impl Iterator<Item = Result<SynthSample>> + 'a> {
+    cfg.validate()?;
+    if eligible(world, cfg).is_empty() {
+        let (chip_m, view_m) = cfg.max_target_m();
+        return Err(SynthError::NoTarget { seed: world.seed, chip_m, view_m });
+    }
+    Ok((0..n).map(move |i| {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(i as u64);
+        make_sample(world, &mut rng, cfg)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::geom::{dist_to_boundary, point_in_rings};
+    use std::hash::{Hash, Hasher};
+
+    fn small_cfg() -> SampleConfig {
+        SampleConfig {
+            query_size: (64, 64),
+            chip_px: 256,
+            gsd_m: (0.5, 0.8),
+            chip_margin_px: 8.0,
+            ..Default::default()
+        }
+    }
+
+    fn digest(s: &SynthSample) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        s.query.as_raw().hash(&mut h);
+        s.sat.as_raw().hash(&mut h);
+        s.object_id.hash(&mut h);
+        s.click.0.to_bits().hash(&mut h);
+        h.finish()
+    }
+
+    #[test]
+    fn split_is_deterministic() {
+        let w = World::generate(5, (700.0, 700.0));
+        let cfg = small_cfg();
+        let a: Vec<u64> = generate_split(&w, 9, 3, &cfg).unwrap().map(|s| digest(&s.unwrap())).collect();
+        let b: Vec<u64> = generate_split(&w, 9, 3, &cfg).unwrap().map(|s| digest(&s.unwrap())).collect();
+        let c: Vec<u64> = generate_split(&w, 10, 3, &cfg).unwrap().map(|s| digest(&s.unwrap())).collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a[0], a[1]);
+    }
+
+    #[test]
+    fn click_box_and_polygon_are_consistent() {
+        let w = World::generate(21, (900.0, 900.0));
+        let cfg = small_cfg();
+        let mut with_same = 0;
+        let n = 16;
+        for s in generate_split(&w, 1, n, &cfg).unwrap() {
+            let s = s.unwrap();
+            let obj = w.objects.iter().find(|o| o.id == s.object_id).unwrap();
+            assert_eq!(obj.category, s.category);
+            // Click inside the query and on the target on the ground.
+            assert!(s.camera.in_image(s.click, 0.0), "{:?}", s.click);
+            let g = s.camera.unproject_ground(s.click.0, s.click.1).unwrap();
+            assert!(point_in_rings(&obj.footprint, g) || dist_to_boundary(&obj.footprint, g) < 1e-6, "{g:?}");
+            // Box inside the chip, and equal to the bbox of the polygon field.
+            let c = cfg.chip_px as f64;
+            assert!(s.bbox[0] >= 0.0 && s.bbox[1] >= 0.0 && s.bbox[2] <= c && s.bbox[3] <= c, "{:?}", s.bbox);
+            assert!(s.bbox[0] < s.bbox[2] && s.bbox[1] < s.bbox[3]);
+            let xs = [s.polygon[0], s.polygon[2], s.polygon[4], s.polygon[6]];
+            let ys = [s.polygon[1], s.polygon[3], s.polygon[5], s.polygon[7]];
+            let pb = [
+                xs.iter().cloned().fold(f64::MAX, f64::min),
+                ys.iter().cloned().fold(f64::MAX, f64::min),
+                xs.iter().cloned().fold(f64::MIN, f64::max),
+                ys.iter().cloned().fold(f64::MIN, f64::max),
+            ];
+            for k in 0..4 {
+                assert!((pb[k] - s.bbox[k]).abs() < 0.05, "{pb:?} vs {:?}", s.bbox);
+            }
+            // Georeferencing: the box maps back onto the object's bbox in metres.
+            assert!((s.chip_origin_m.0 + s.bbox[0] * s.gsd_m - obj.bbox[0]).abs() < 1e-6);
+            assert!((s.chip_origin_m.1 - s.bbox[1] * s.gsd_m - obj.bbox[3]).abs() < 1e-6);
+            // Whenever another object of the category fits in one chip with the target, the
+            // chip holds at least one.
+            let room = (c - 2.0 * cfg.chip_margin_px) * s.gsd_m;
+            let possible = w.objects.iter().any(|p| {
+                let u = [
+                    p.bbox[0].min(obj.bbox[0]),
+                    p.bbox[1].min(obj.bbox[1]),
+                    p.bbox[2].max(obj.bbox[2]),
+                    p.bbox[3].max(obj.bbox[3]),
+                ];
+                p.id != obj.id && p.category == obj.category && u[2] - u[0] <= room && u[3] - u[1] <= room
+            });
+            assert!(!possible || s.same_category_in_chip >= 1, "{} {}", s.category, s.object_id);
+            with_same += possible as usize;
+        }
+        assert!(with_same * 2 >= n, "only {with_same} of {n} targets have a neighbour of their category");
+    }
+
+    #[test]
+    fn click_and_box_land_on_the_rendered_target() {
+        use crate::synth::world::{Layer, Material, Shape};
+        // One red 20 m square in an otherwise empty 300 m world: both views must show red at
+        // the click (query) and at the box centre (chip), whatever the appearances.
+        let fp = crate::synth::geom::rect((150.0, 140.0), 20.0, 20.0, 0.0);
+        let paint = Material::Paint { rgb: [230, 20, 20] };
+        let shapes = vec![Shape { rings: vec![fp.clone()], material: paint, layer: Layer::Object, bbox: [0.0; 4] }];
+        let obj = Object { id: 7, category: "target".into(), footprint: vec![fp], height_m: 0.0, bbox: [0.0; 4] };
+        let w = World::from_parts(0, (300.0, 300.0), shapes, vec![obj]);
+        let cfg = SampleConfig { altitude_m: (80.0, 120.0), hfov_deg: (50.0, 60.0), ..small_cfg() };
+        for s in generate_split(&w, 3, 6, &cfg).unwrap() {
+            let s = s.unwrap();
+            let red = |p: [u8; 3]| p[0] as i32 > p[1] as i32 + 40 && p[0] as i32 > p[2] as i32 + 40;
+            let q = s.query.get_pixel(s.click.0 as u32, s.click.1 as u32).0;
+            assert!(red(q), "query at click {:?}: {q:?}", s.click);
+            let (cx, cy) = ((s.bbox[0] + s.bbox[2]) / 2.0, (s.bbox[1] + s.bbox[3]) / 2.0);
+            let p = s.sat.get_pixel(cx as u32, cy as u32).0;
+            assert!(red(p), "chip at box centre: {p:?}");
+            let outside = s.sat.get_pixel((s.bbox[2] + 6.0) as u32, cy as u32).0;
+            assert!(!red(outside), "chip right of the box: {outside:?}");
+        }
+    }
+
+    #[test]
+    fn polygon_order_matches_cvogl_example() {
+        // Corners of the CVOGL example record (SMGEO_SPEC §7), fed in another order.
+        let ring = vec![(355.29, 657.03), (258.56, 424.96), (495.99, 325.97), (592.76, 558.05)];
+        let b = [258.56, 325.97, 592.76, 657.03];
+        let p = rect_polygon(&ring, b);
+        let want = [495.99, 325.97, 592.76, 558.05, 355.29, 657.03, 258.56, 424.96];
+        for k in 0..8 {
+            assert!((p[k] - want[k]).abs() < 0.05, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn bad_config_is_rejected() {
+        let w = World::generate(1, (300.0, 300.0));
+        let cfg = SampleConfig { gsd_m: (0.6, 0.3), ..Default::default() };
+        assert!(matches!(generate_split(&w, 0, 1, &cfg), Err(SynthError::InvalidConfig { field: "gsd_m", .. })));
+    }
+}
