@@ -65,6 +65,12 @@ pub enum KlvCmd {
 pub enum BenchCmd {
     /// Model forward latency at CVOGL sizes, both presets.
     Model(bench::BenchModelArgs),
+    /// Decode throughput of 1080p30 H.264 into RGB frames, appsink-to-consumer latency.
+    #[cfg(feature = "gst")]
+    Ingest {
+        #[arg(long, default_value_t = 4)]
+        seconds: u32,
+    },
     /// Time to cut a 1024² chip from a multi-file COG mosaic vs GDAL's command-line tools.
     #[cfg(feature = "geo")]
     Chip {
@@ -97,6 +103,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(BenchCmd::Model(a)) => {
             let v = bench::bench_model(a)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        #[cfg(feature = "gst")]
+        Cmd::Bench(BenchCmd::Ingest { seconds }) => {
+            let o = crate::ingest::IngestBenchOptions { seconds: *seconds, ..Default::default() };
+            println!("{}", serde_json::to_string_pretty(&crate::ingest::bench_ingest(&o)?)?);
         }
         #[cfg(feature = "geo")]
         Cmd::Bench(BenchCmd::Chip { mosaic, size, iterations }) => {

@@ -10,6 +10,8 @@ pub mod device;
 pub mod error;
 #[cfg(feature = "geo")]
 pub mod georef;
+#[cfg(feature = "gst")]
+pub mod ingest;
 pub mod klv;
 pub mod live;
 pub mod model;

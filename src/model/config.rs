@@ -86,6 +86,14 @@ pub struct ModelConfig {
     pub entropy_fifo: usize,
     pub query_in_chans: i64,
     pub sat_in_chans: i64,
+    /// The model runs on images resized by this factor from their dataset size (CVOGL:
+    /// satellite 1024², query 256²); 0.5 = a model trained on 512² chips.
+    #[serde(default = "one")]
+    pub input_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl ModelConfig {
@@ -120,6 +128,7 @@ impl ModelConfig {
             entropy_fifo: 10,
             query_in_chans: 4,
             sat_in_chans: 3,
+            input_scale: 1.0,
         }
     }
 
@@ -185,6 +194,9 @@ impl ModelConfig {
         }
         if !(0.0..1.0).contains(&self.drop_path_rate) || self.gate_noise_std < 0.0 {
             return bad("drop_path_rate must be in [0,1) and gate_noise_std ≥ 0".into());
+        }
+        if !(self.input_scale > 0.0 && self.input_scale <= 4.0) {
+            return bad(format!("input_scale {} must be in (0, 4]", self.input_scale));
         }
         if self.head_feat_channels <= 0 || self.query_in_chans < 4 || self.sat_in_chans < 1 {
             return bad("head_feat_channels > 0, query_in_chans ≥ 4 (RGB + click)".into());
@@ -308,6 +320,7 @@ struct RawModelConfig {
     entropy_fifo: Option<usize>,
     query_in_chans: Option<i64>,
     sat_in_chans: Option<i64>,
+    input_scale: Option<f64>,
 }
 
 fn default_preset() -> Preset {
@@ -346,7 +359,8 @@ impl RawModelConfig {
             balance_entropy,
             entropy_fifo,
             query_in_chans,
-            sat_in_chans
+            sat_in_chans,
+            input_scale
         );
         if let Some(r) = raw.expert_hidden_ratio {
             c.expert_hidden_ratio = r;

@@ -30,6 +30,12 @@ pub struct TrainCmd {
     /// Override the config's device.
     #[arg(long)]
     pub device: Option<String>,
+    /// Override the config's model preset (keeps the config's other model overrides).
+    #[arg(long, value_enum)]
+    pub model_preset: Option<crate::model::Preset>,
+    /// Override the config's training-time budget in minutes.
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
     /// No progress bar (logs only).
     #[arg(long)]
     pub quiet: bool,
@@ -59,6 +65,10 @@ pub struct EvalCmd {
     pub examples: usize,
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Evaluate the trivial baseline (train-split mean box at the image centre) instead
+    /// of a model; --weights is then ignored.
+    #[arg(long)]
+    pub baseline: bool,
 }
 
 pub fn run_train(c: &TrainCmd) -> anyhow::Result<()> {
@@ -68,6 +78,12 @@ pub fn run_train(c: &TrainCmd) -> anyhow::Result<()> {
     }
     if let Some(d) = &c.device {
         config.device = d.clone();
+    }
+    if let Some(p) = c.model_preset {
+        config.preset = p;
+    }
+    if let Some(m) = c.max_minutes {
+        config.max_minutes = m;
     }
     let a = Args {
         config,
@@ -98,11 +114,23 @@ pub fn weights_and_config(
 }
 
 pub fn run_eval(c: &EvalCmd) -> anyhow::Result<()> {
+    if c.baseline {
+        let train = Dataset::open(&c.data, &c.dataset, "train", false)?;
+        let test = Dataset::open(&c.data, &c.dataset, &c.split, false)?;
+        let s = super::eval::centre_baseline(&train, &test, c.limit);
+        let report = write_report(&c.out, &format!("{} {} — centre baseline", c.dataset, c.split), &s, &[])?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"report": report, "overall": s.summary.overall}))?
+        );
+        return Ok(());
+    }
     let dev = crate::device::select(&c.device)?;
     let (wpath, cfg) = weights_and_config(&c.weights, &c.model)?;
     let (vs, m) = build(&cfg, dev)?;
     weights::load_file(&vs, &wpath, true)?;
-    let ds = Dataset::open(&c.data, &c.dataset, &c.split, false)?;
+    let mut ds = Dataset::open(&c.data, &c.dataset, &c.split, false)?;
+    ds.scale = cfg.input_scale;
     let opts = EvalOptions { batch: c.batch, limit: c.limit, device: dev, examples: c.examples };
     let (summary, preds) = evaluate(&m, &ds, &opts)?;
     let title = format!("{} {} — {} ({} preset)", c.dataset, c.split, wpath.display(), cfg.preset);

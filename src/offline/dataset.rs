@@ -22,6 +22,8 @@ pub struct Dataset {
     pub geometry: DatasetGeometry,
     /// sha256 of the annotation file.
     pub hash: String,
+    /// Resize factor applied on load (the model's `input_scale`); boxes and clicks follow.
+    pub scale: f64,
 }
 
 /// One loaded (and possibly augmented) sample.
@@ -41,7 +43,15 @@ impl Dataset {
         let bytes =
             std::fs::read(&report.path).map_err(|e| OfflineError::Io { path: report.path.clone(), source: e })?;
         let hash = format!("{:x}", Sha256::digest(&bytes));
-        Ok(Dataset { name: name.into(), split: split.into(), geometry: report.geometry, records, report, hash })
+        Ok(Dataset {
+            name: name.into(),
+            split: split.into(),
+            geometry: report.geometry,
+            records,
+            report,
+            hash,
+            scale: 1.0,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -80,7 +90,36 @@ impl Dataset {
         };
         let query = read(r.query_path(self.dir()), self.geometry.query_hw, "query")?;
         let sat = read(r.sat_path(self.dir()), self.geometry.sat_hw, "satellite")?;
-        Ok(Sample { id: r.id, query, sat, click: r.click, bbox: r.bbox, category: r.category.clone() })
+        let s = Sample { id: r.id, query, sat, click: r.click, bbox: r.bbox, category: r.category.clone() };
+        Ok(if (self.scale - 1.0).abs() > 1e-9 { rescale(s, self.scale) } else { s })
+    }
+
+    /// Satellite (height, width) the model sees.
+    pub fn sat_hw_scaled(&self) -> (f64, f64) {
+        let (h, w) = self.geometry.sat_hw;
+        ((h as f64 * self.scale).round(), (w as f64 * self.scale).round())
+    }
+}
+
+/// Resize both images by `f` (rounded sides), moving the box and the click with them.
+pub fn rescale(s: Sample, f: f64) -> Sample {
+    let rs = |img: &RgbImage| {
+        let (w, h) =
+            ((img.width() as f64 * f).round().max(1.0) as u32, (img.height() as f64 * f).round().max(1.0) as u32);
+        (
+            image::imageops::resize(img, w, h, image::imageops::FilterType::Triangle),
+            w as f64 / img.width() as f64,
+            h as f64 / img.height() as f64,
+        )
+    };
+    let (query, qx, qy) = rs(&s.query);
+    let (sat, sx, sy) = rs(&s.sat);
+    Sample {
+        click: (s.click.0 * qx, s.click.1 * qy),
+        bbox: [s.bbox[0] * sx, s.bbox[1] * sy, s.bbox[2] * sx, s.bbox[3] * sy],
+        query,
+        sat,
+        ..s
     }
 }
 

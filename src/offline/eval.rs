@@ -42,7 +42,7 @@ pub struct Prediction {
 /// summary's `skipped` (never silently dropped).
 pub fn evaluate(model: &Smgeo, ds: &Dataset, o: &EvalOptions) -> Result<(EvalSummaryWithSkips, Vec<Prediction>)> {
     let n = if o.limit > 0 { o.limit.min(ds.len()) } else { ds.len() };
-    let hw = (ds.geometry.sat_hw.0 as f64, ds.geometry.sat_hw.1 as f64);
+    let hw = ds.sat_hw_scaled();
     let mut acc = EvalAccumulator::new(hw);
     let mut preds = Vec::with_capacity(n);
     let mut skipped = Vec::new();
@@ -195,4 +195,27 @@ pub fn write_report(dir: &Path, title: &str, s: &EvalSummaryWithSkips, preds: &[
     let path = dir.join("report.md");
     std::fs::write(&path, md).map_err(io)?;
     Ok(path)
+}
+
+/// The trivial baseline: a box of the training split's mean size at the image centre.
+pub fn centre_baseline(train: &Dataset, test: &Dataset, limit: usize) -> EvalSummaryWithSkips {
+    let n = train.records.len().max(1) as f64;
+    let mw = train.records.iter().map(|r| r.bbox[2] - r.bbox[0]).sum::<f64>() / n;
+    let mh = train.records.iter().map(|r| r.bbox[3] - r.bbox[1]).sum::<f64>() / n;
+    let (h, w) = (test.geometry.sat_hw.0 as f64, test.geometry.sat_hw.1 as f64);
+    let pred = [(w - mw) / 2.0, (h - mh) / 2.0, (w + mw) / 2.0, (h + mh) / 2.0];
+    let mut acc = EvalAccumulator::new((h, w));
+    let take = if limit > 0 { limit.min(test.records.len()) } else { test.records.len() };
+    for r in &test.records[..take] {
+        let cell = |x: f64, y: f64| ((y / 32.0) as usize, (x / 32.0) as usize);
+        acc.push(&EvalSample {
+            pred_box: pred,
+            gt_box: r.bbox,
+            category: &r.category,
+            pred_cell: cell(w / 2.0, h / 2.0),
+            gt_cell: cell((r.bbox[0] + r.bbox[2]) / 2.0, (r.bbox[1] + r.bbox[3]) / 2.0),
+            cell_local_iou: None,
+        });
+    }
+    EvalSummaryWithSkips { summary: acc.summary(), skipped: vec![] }
 }

@@ -51,6 +51,9 @@ pub struct TrainConfig {
     pub init: String,
     /// Stop after this many optimiser steps in total (tiny runs, CI); 0 = no limit.
     pub max_steps: usize,
+    /// Stop after this many minutes of training wall time in this run (a CPU budget
+    /// for comparisons); 0 = no limit. Validation time is not counted.
+    pub max_minutes: f64,
     /// Use at most this many training / validation samples (0 = all).
     pub limit_train: usize,
     pub limit_val: usize,
@@ -81,6 +84,7 @@ impl Default for TrainConfig {
             augmentation: AugmentConfig::default(),
             init: "scratch".into(),
             max_steps: 0,
+            max_minutes: 0.0,
             limit_train: 0,
             limit_val: 0,
             checkpoint_every: 0,
@@ -312,6 +316,8 @@ pub struct TrainSummary {
     pub best_val_acc50: f64,
     pub best_epoch: Option<usize>,
     pub samples_per_s: f64,
+    pub train_minutes: f64,
+    pub wall_minutes: f64,
     pub skipped_samples: usize,
     pub out: PathBuf,
     pub first_loss: f64,
@@ -326,8 +332,12 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
     }
     let dev = crate::device::select(&cfg.device).map_err(|e| OfflineError::Config(e.to_string()))?;
     let mcfg = cfg.model_config()?;
-    let train_ds = Dataset::open(&a.data, &a.dataset, "train", !cfg.skip_bad_samples)?;
-    let val_ds = Dataset::open(&a.data, &a.dataset, "val", !cfg.skip_bad_samples).ok();
+    let mut train_ds = Dataset::open(&a.data, &a.dataset, "train", !cfg.skip_bad_samples)?;
+    train_ds.scale = mcfg.input_scale;
+    let val_ds = Dataset::open(&a.data, &a.dataset, "val", !cfg.skip_bad_samples).ok().map(|mut d| {
+        d.scale = mcfg.input_scale;
+        d
+    });
     tch::manual_seed(cfg.seed as i64);
     let mut vs = VarStore::new(dev);
     let model = Smgeo::new(&vs.root(), &mcfg)?;
@@ -390,6 +400,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
         pb
     });
     let t0 = Instant::now();
+    let mut train_time = std::time::Duration::ZERO;
     let (mut seen, mut skipped) = (0usize, 0usize);
     let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
     let mut stop = false;
@@ -401,6 +412,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
         let mut sum_loss = 0.0;
         let mut n_loss = 0usize;
         for b in state.batch_in_epoch..batches_per_epoch {
+            let t_step = Instant::now();
             let idx = &order[b * cfg.batch..((b + 1) * cfg.batch).min(n_train)];
             let mut samples: Vec<Sample> = Vec::with_capacity(idx.len());
             for &i in idx {
@@ -461,7 +473,9 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
                     lp.bbox.double_value(&[])
                 ));
             }
-            let max_hit = cfg.max_steps > 0 && state.global_step as usize >= cfg.max_steps;
+            train_time += t_step.elapsed();
+            let max_hit = (cfg.max_steps > 0 && state.global_step as usize >= cfg.max_steps)
+                || (cfg.max_minutes > 0.0 && train_time.as_secs_f64() >= cfg.max_minutes * 60.0);
             if max_hit || (cfg.checkpoint_every > 0 && state.global_step as usize % cfg.checkpoint_every == 0) {
                 save_dir(&last, &vs, Some(&opt), &state)?;
             }
@@ -503,7 +517,9 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
         epochs_done: state.epoch,
         best_val_acc50: state.best_val_acc50,
         best_epoch: state.best_epoch,
-        samples_per_s: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+        samples_per_s: seen as f64 / train_time.as_secs_f64().max(1e-9),
+        train_minutes: train_time.as_secs_f64() / 60.0,
+        wall_minutes: t0.elapsed().as_secs_f64() / 60.0,
         skipped_samples: skipped,
         out: a.out.clone(),
         first_loss,
