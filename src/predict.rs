@@ -148,6 +148,14 @@ pub fn run(a: &PredictArgs) -> Result<Prediction> {
 
 /// Query (with a cross at the click) left of the reference (with the box).
 pub fn draw_result(q: &RgbImage, click: (f64, f64), r: &RgbImage, b: [f32; 4]) -> RgbImage {
+    let mut pic = compose(q, click, r);
+    let ox = (q.width() + 8) as i64;
+    draw_rect(&mut pic, [b[0] as i64 + ox, b[1] as i64, b[2] as i64 + ox, b[3] as i64], Rgb([255, 220, 0]), 2);
+    pic
+}
+
+/// Query (with a cross at the click) left of the reference, 8 px apart.
+pub fn compose(q: &RgbImage, click: (f64, f64), r: &RgbImage) -> RgbImage {
     let h = q.height().max(r.height());
     let mut pic = RgbImage::from_pixel(q.width() + 8 + r.width(), h, Rgb([24, 24, 24]));
     image::imageops::overlay(&mut pic, q, 0, 0);
@@ -160,8 +168,6 @@ pub fn draw_result(q: &RgbImage, click: (f64, f64), r: &RgbImage, b: [f32; 4]) -
             put(&mut pic, cx + t, cy + d, red);
         }
     }
-    let ox = (q.width() + 8) as i64;
-    draw_rect(&mut pic, [b[0] as i64 + ox, b[1] as i64, b[2] as i64 + ox, b[3] as i64], Rgb([255, 220, 0]), 2);
     pic
 }
 

@@ -137,7 +137,7 @@ impl MoeGate {
 /// Grid cells of a (B, H, W, C) map: (B·nCells, wh·ww, C) token groups, the gate
 /// input (mean over each cell's valid, i.e. unpadded, tokens) and the padding used.
 fn cell_view(z: &Tensor, wh: i64, ww: i64) -> (Tensor, Tensor, (i64, i64)) {
-    let (_, h, w, c) = z.size4().expect("(B, H, W, C)");
+    let (_, h, w, _) = z.size4().expect("(B, H, W, C)");
     let (ph, pw) = ((wh - h % wh) % wh, (ww - w % ww) % ww);
     if ph == 0 && pw == 0 {
         let cells = window_partition(z, wh, ww);
@@ -151,7 +151,6 @@ fn cell_view(z: &Tensor, wh: i64, ww: i64) -> (Tensor, Tensor, (i64, i64)) {
     let count = window_partition(&ones, wh, ww).sum_dim_intlist(1, false, Kind::Float); // (nC, 1)
     let count = count.repeat([nb, 1]);
     let feat = cells.sum_dim_intlist(1, false, Kind::Float) / count.clamp_min(1.0);
-    let _ = c;
     (cells, feat, (ph, pw))
 }
 

@@ -119,7 +119,7 @@ impl std::ops::Deref for EvalSummaryWithSkips {
 fn example_picture(s: &Sample, pred: [f64; 4], heatmap: &tch::Tensor) -> RgbImage {
     let sat = image::imageops::resize(&s.sat, 512, 512, image::imageops::FilterType::Triangle);
     let f = 512.0 / s.sat.width() as f64;
-    let mut pic = crate::predict::draw_result(&s.query, s.click, &sat, [0.0; 4].map(|v: f32| v));
+    let mut pic = crate::predict::compose(&s.query, s.click, &sat);
     let ox = (s.query.width() + 8) as i64;
     let sc = |b: [f64; 4]| [(b[0] * f) as i64 + ox, (b[1] * f) as i64, (b[2] * f) as i64 + ox, (b[3] * f) as i64];
     crate::predict::draw_rect(&mut pic, sc(s.bbox), Rgb([40, 220, 40]), 2);

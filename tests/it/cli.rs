@@ -53,15 +53,21 @@ fn inspect_reports_fit_and_misfit() {
     assert_eq!(v["looks_like"], "release");
 }
 
-#[test]
-fn predict_draws_and_rejects_bad_input() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// A tiny paper-preset config file and randomly initialised weights for it, in `d`.
+fn tiny_paper_weights(d: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let cfg = d.join("m.json");
     std::fs::write(&cfg, r#"{"preset": "paper", "embed_dim": 8, "num_heads": [2, 2, 4, 4], "head_feat_channels": 8}"#)
         .unwrap();
     let w = d.join("w.safetensors");
     assert!(smgeo().args(["weights", "init", "--config"]).arg(&cfg).arg("--out").arg(&w).status().unwrap().success());
+    (cfg, w)
+}
+
+#[test]
+fn predict_draws_and_rejects_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cfg, w) = tiny_paper_weights(d);
     let q = image::RgbImage::from_fn(300, 200, |x, y| image::Rgb([x as u8, y as u8, 90]));
     let r = image::RgbImage::from_fn(500, 400, |x, y| image::Rgb([(x / 2) as u8, y as u8, 30]));
     q.save(d.join("q.png")).unwrap();
@@ -125,11 +131,7 @@ fn predict_on_a_geotiff_prints_wgs84() {
     use gdal::raster::Buffer;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cfg = d.join("m.json");
-    std::fs::write(&cfg, r#"{"preset": "paper", "embed_dim": 8, "num_heads": [2, 2, 4, 4], "head_feat_channels": 8}"#)
-        .unwrap();
-    let w = d.join("w.safetensors");
-    assert!(smgeo().args(["weights", "init", "--config"]).arg(&cfg).arg("--out").arg(&w).status().unwrap().success());
+    let (cfg, w) = tiny_paper_weights(d);
     // 256² RGB GeoTIFF in UTM 32N, 0.5 m pixels, origin at the ENVIRONMENT.md check point
     let tif = d.join("ref.tif");
     let drv = gdal::DriverManager::get_driver_by_name("GTiff").unwrap();

@@ -85,7 +85,7 @@ fn fusion_matches_hand_computation() {
     // click pooling picks the clicked token
     let fc = Fusion::new(&(vs.root() / "c"), 2, QueryPool::Click, 8.0);
     let tokens = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).view([1, 1, 2, 2]);
-    let mut click = Tensor::zeros([1, 1, 4, 8], (Kind::Float, Device::Cpu));
+    let click = Tensor::zeros([1, 1, 4, 8], (Kind::Float, Device::Cpu));
     let _ = click.narrow(3, 4, 4).fill_(1.0);
     let pooled = fc.pool_query(&tokens, &click);
     assert!((pooled.double_value(&[0, 1]) - 1.0).abs() < 1e-6);
