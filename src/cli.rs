@@ -33,6 +33,12 @@ pub enum Cmd {
     #[cfg(feature = "geo")]
     #[command(subcommand)]
     Mosaic(crate::georef::cli::MosaicCmd),
+    /// The live pipeline: streams, prompts over MQTT, WGS84 targets out.
+    #[cfg(all(feature = "geo", feature = "gst"))]
+    Run(crate::live::run::RunArgs),
+    /// A recorded flight through the live code path; geo-error report with --truth.
+    #[cfg(all(feature = "geo", feature = "gst"))]
+    Replay(crate::live::replay::ReplayArgs),
     /// Synthetic data in the real formats (one procedural world for all generators).
     #[command(subcommand)]
     Synth(SynthCmd),
@@ -93,6 +99,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Weights(w) => weights_cli::run(w)?,
         #[cfg(feature = "geo")]
         Cmd::Mosaic(m) => crate::georef::cli::run(m)?,
+        #[cfg(all(feature = "geo", feature = "gst"))]
+        Cmd::Run(a) => {
+            let r = crate::live::run::run(a)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        #[cfg(all(feature = "geo", feature = "gst"))]
+        Cmd::Replay(a) => {
+            let s = crate::live::replay::run(a)?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        }
         Cmd::Synth(SynthCmd::Cvogl(a)) => {
             let m = crate::synth::cli::run_cvogl(a)?;
             println!("{}", serde_json::to_string_pretty(&m)?);

@@ -289,3 +289,47 @@ fn wait_eos(p: &gst::Pipeline, timeout: Duration) -> Result<()> {
         None => Err(IngestError::Timeout { name: NAME.into(), what: "EOS".into(), seconds: timeout.as_secs_f64() }),
     }
 }
+
+/// Send a recorded MPEG-TS file over UDP at its own pace (`tsparse` timestamps from the
+/// PCR, `udpsink sync=true`), 7 TS packets per datagram, without re-encoding: what a
+/// downlink replay looks like to a receiver. `ctl` pauses (the pipeline goes to PAUSED:
+/// no datagrams, then the stream resumes where it stopped) or stops it.
+pub fn stream_file_udp(path: &Path, host: &str, port: u16, ctl: Option<&StreamControl>) -> Result<()> {
+    super::init()?;
+    const NAME: &str = "stream_file_udp";
+    let loc = path.display().to_string().replace('"', "\\\"");
+    let text = format!(
+        "filesrc location=\"{loc}\" ! tsparse set-timestamps=true alignment=7 \
+         ! udpsink host={host} port={port} sync=true async=false"
+    );
+    let p = super::pipeline::parse(NAME, &text)?;
+    let state_err = |s: &str| IngestError::State { name: NAME.into(), state: s.into() };
+    p.set_state(gst::State::Playing).map_err(|_| state_err("PLAYING"))?;
+    let bus = p.bus().ok_or_else(|| IngestError::Thread("pipeline without bus".into()))?;
+    let mut paused = false;
+    let out = loop {
+        if ctl.is_some_and(|c| c.stop.load(Ordering::SeqCst)) {
+            break Ok(());
+        }
+        let want_pause = ctl.is_some_and(|c| c.paused.load(Ordering::SeqCst));
+        if want_pause != paused {
+            let s = if want_pause { gst::State::Paused } else { gst::State::Playing };
+            p.set_state(s).map_err(|_| state_err(if want_pause { "PAUSED" } else { "PLAYING" }))?;
+            paused = want_pause;
+        }
+        let msg = bus.timed_pop_filtered(gst::ClockTime::from_mseconds(50), &[gst::MessageType::Eos, gst::MessageType::Error]);
+        match msg.as_ref().map(|m| m.view()) {
+            Some(gst::MessageView::Error(e)) => {
+                break Err(IngestError::Bus {
+                    name: NAME.into(),
+                    element: e.src().map(|s| s.path_string().to_string()).unwrap_or_default(),
+                    message: e.error().to_string(),
+                })
+            }
+            Some(_) => break Ok(()),
+            None => {}
+        }
+    };
+    let _ = p.set_state(gst::State::Null);
+    out
+}

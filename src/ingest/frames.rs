@@ -66,6 +66,10 @@ struct Inner {
     dropped: u64,
     /// Arrival instants within the last second, for the fps estimate.
     arrivals: VecDeque<Instant>,
+    /// Replay gate: frames with a later PTS wait in [`FrameRing::push`] (see [`FrameRing::hold`]).
+    hold: Option<u64>,
+    /// A push is waiting at the hold.
+    held: bool,
 }
 
 /// Bounded ring of recent frames, latest wins. Shared as `Arc<FrameRing>`.
@@ -93,6 +97,8 @@ impl FrameRing {
                 received: 0,
                 dropped: 0,
                 arrivals: VecDeque::new(),
+                hold: None,
+                held: false,
             }),
             newer: Condvar::new(),
         }
@@ -110,8 +116,16 @@ impl FrameRing {
 
     /// Add a frame (its `seq` is overwritten with the arrival number); evicts and
     /// counts the oldest frame when full. Returns the assigned sequence number.
+    /// With a hold set (see [`FrameRing::hold`]), a frame later than the hold waits here
+    /// (back-pressure on the streaming thread) until the hold moves past it or is released.
     pub fn push(&self, mut frame: Frame) -> u64 {
         let mut g = self.lock();
+        while g.hold.is_some_and(|h| frame.pts_ns > h) {
+            g.held = true;
+            self.newer.notify_all();
+            g = self.newer.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        g.held = false;
         frame.seq = g.received;
         let seq = frame.seq;
         g.received += 1;
@@ -128,6 +142,28 @@ impl FrameRing {
         drop(g);
         self.newer.notify_all();
         seq
+    }
+
+    /// Replay pacing: `Some(pts)` makes [`FrameRing::push`] block for frames with a PTS
+    /// after `pts`, so a consumer slower than the decoder still sees every frame it asks
+    /// for (files only: a live source must never be held). `None` releases every waiter.
+    pub fn hold(&self, pts_ns: Option<u64>) {
+        let mut g = self.lock();
+        g.hold = pts_ns;
+        // A producer still at the hold re-announces itself after re-checking the new one.
+        g.held = false;
+        drop(g);
+        self.newer.notify_all();
+    }
+
+    /// Wait up to `timeout` for a frame with PTS ≥ `pts_ns` (or for the producer to stop at
+    /// the hold) and return the held frame nearest to `pts_ns` (for replay: the frame a
+    /// prompt names).
+    pub fn wait_for_pts(&self, pts_ns: u64, timeout: Duration) -> Option<Arc<Frame>> {
+        let g = self.lock();
+        let reached = |g: &Inner| g.held || g.frames.back().is_some_and(|f| f.pts_ns >= pts_ns);
+        let (g, _) = self.newer.wait_timeout_while(g, timeout, |g| !reached(g)).unwrap_or_else(|p| p.into_inner());
+        g.frames.iter().min_by_key(|f| (f.pts_ns.abs_diff(pts_ns), f.pts_ns)).cloned()
     }
 
     /// The newest frame.

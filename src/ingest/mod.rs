@@ -29,7 +29,7 @@ pub mod source;
 mod tests;
 
 pub use bench::{bench_ingest, IngestBenchOptions};
-pub use encode::{no_klv, stream_ts_udp, write_ts, EncodeStats, RgbFrame, StreamControl};
+pub use encode::{no_klv, stream_file_udp, stream_ts_udp, write_ts, EncodeStats, RgbFrame, StreamControl};
 pub use frames::{Frame, FrameRing, RingCounters};
 pub use pipeline::{Codec, SourceConfig, SourceKind};
 pub use source::{KlvUnit, Source, SourceHandle, SourceState, SourceStats};

@@ -203,6 +203,11 @@ impl Timeline {
         Ok(())
     }
 
+    /// The most recently inserted sample.
+    pub fn latest(&self) -> Option<&Sample> {
+        self.samples.last_key_value().map(|(_, s)| s)
+    }
+
     /// The sample whose PTS is nearest to `pts`, if within `max_gap` ticks.
     pub fn nearest_pts(&self, pts: u64, max_gap: u64) -> Option<&Sample> {
         self.nearest(&self.by_pts, pts, max_gap)

@@ -21,6 +21,7 @@
 //! RFC 3339 (timestamps), JSON Schema draft 2020-12.
 
 pub mod message;
+pub mod broker;
 pub mod mqtt;
 pub mod schema;
 mod session;
@@ -29,7 +30,7 @@ pub mod spool;
 #[cfg(test)]
 mod mqtt_tests;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use message::{ErrorMessage, Prompt, PromptMode, StatusMessage, Target, TelemetryMessage, Topics};
 

@@ -229,7 +229,15 @@ impl Publisher {
         let (stop_tx, stop_rx) = oneshot::channel();
         let session = Session::new(&cfg, topics.clone(), client.clone(), eventloop, shared.clone(), prompt_tx);
         let task = rt.spawn(session.run(stop_rx));
-        Ok(PublisherHandle { shared, client, topics, task: Some(task), stop: Some(stop_tx), prompts: Some(prompt_rx) })
+        Ok(PublisherHandle {
+            shared,
+            client,
+            topics,
+            stream: cfg.stream.clone(),
+            task: Some(task),
+            stop: Some(stop_tx),
+            prompts: Some(prompt_rx),
+        })
     }
 }
 
@@ -239,6 +247,7 @@ pub struct PublisherHandle {
     shared: Arc<Shared>,
     client: rumqttc::AsyncClient,
     topics: Topics,
+    stream: String,
     task: Option<tokio::task::JoinHandle<ShutdownReport>>,
     stop: Option<oneshot::Sender<Duration>>,
     prompts: Option<mpsc::Receiver<Prompt>>,
@@ -266,6 +275,17 @@ impl PublisherHandle {
         let bytes = message::to_json("telemetry", msg)?;
         self.client
             .try_publish(&topic, QoS::AtMostOnce, false, bytes)
+            .map_err(|e| PublishError::Client { topic, reason: e.to_string() })
+    }
+
+    /// A `smgeo.error.v1` message on the status topic (QoS 1, not retained) for a prompt
+    /// that could not be served. Best effort: dropped (and logged) while disconnected.
+    pub fn publish_error(&self, prompt_id: Option<String>, reason: &str) -> Result<()> {
+        let msg = message::ErrorMessage::new(&self.stream, prompt_id, reason.to_string());
+        let topic = self.topics.status();
+        let bytes = message::to_json("error", &msg)?;
+        self.client
+            .try_publish(&topic, QoS::AtLeastOnce, false, bytes)
             .map_err(|e| PublishError::Client { topic, reason: e.to_string() })
     }
 
