@@ -59,6 +59,15 @@ pub enum Cmd {
 pub enum SynthCmd {
     /// A synthetic benchmark in CVOGL's exact format (JPEGs + .pth records).
     Cvogl(crate::synth::cli::CvoglArgs),
+    /// A georeferenced satellite mosaic (COG) of a synthetic world, plus scene.json.
+    #[cfg(feature = "geo")]
+    Scene(crate::synth::cli::SceneArgs),
+    /// A drone flight over a scene: H.264 + MISB ST 0601 KLV in MPEG-TS, prompts, truth.
+    #[cfg(all(feature = "geo", feature = "gst"))]
+    Flight(crate::synth::cli::FlightArgs),
+    /// Send a written flight over UDP (MPEG-TS, re-rendered frames, same KLV).
+    #[cfg(all(feature = "geo", feature = "gst"))]
+    Stream(crate::synth::cli::StreamArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -112,6 +121,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Synth(SynthCmd::Cvogl(a)) => {
             let m = crate::synth::cli::run_cvogl(a)?;
             println!("{}", serde_json::to_string_pretty(&m)?);
+        }
+        #[cfg(feature = "geo")]
+        Cmd::Synth(SynthCmd::Scene(a)) => {
+            println!("{}", serde_json::to_string_pretty(&crate::synth::cli::run_scene(a)?)?);
+        }
+        #[cfg(all(feature = "geo", feature = "gst"))]
+        Cmd::Synth(SynthCmd::Flight(a)) => {
+            println!("{}", serde_json::to_string_pretty(&crate::synth::cli::run_flight(a)?)?);
+        }
+        #[cfg(all(feature = "geo", feature = "gst"))]
+        Cmd::Synth(SynthCmd::Stream(a)) => {
+            println!("{}", serde_json::to_string_pretty(&crate::synth::cli::run_stream(a)?)?);
         }
         Cmd::Klv(KlvCmd::Dump(a)) => crate::klv::cli::run_dump(a)?,
         Cmd::Train(t) => crate::offline::cli::run_train(t)?,

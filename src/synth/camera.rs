@@ -161,16 +161,36 @@ impl Camera {
 /// Render the drone view by inverse mapping (flat world, see module docs), 2×2 rays per
 /// output pixel, with distance haze, then the appearance's finishing.
 pub fn render_perspective(world: &World, app: &Appearance, cam: &Camera) -> RgbImage {
+    let tile = ground_canvas(world, app, std::slice::from_ref(cam), 2048);
+    render_perspective_on(tile.as_ref(), app, cam)
+}
+
+/// [`render_perspective`] from a prepared ground canvas ([`ground_canvas`] of a camera set
+/// that includes `cam`), so that consecutive frames of a flight can share one canvas.
+/// `None` renders sky only.
+pub fn render_perspective_on(tile: Option<&Canvas>, app: &Appearance, cam: &Camera) -> RgbImage {
     let max_range = 8.0 * cam.z;
-    let tile = ground_tile(world, app, cam, max_range);
     let (w, h) = (cam.width as usize, cam.height as usize);
     let mut out = Canvas::new(w, h, 0.0, 0.0, 1.0);
     let sky = [196.0f32, 204.0, 214.0];
+    // `Camera::unproject_ground` with the basis computed once (same arithmetic).
+    let (f, r, u) = cam.basis();
+    let fl = cam.focal_px();
+    let (cx, cy) = (cam.width as f64 / 2.0, cam.height as f64 / 2.0);
+    let ground = |px: f64, py: f64| -> Option<(f64, f64)> {
+        let (a, b) = (px - cx, py - cy);
+        let d: V3 = std::array::from_fn(|k| fl * f[k] + a * r[k] - b * u[k]);
+        if d[2] >= -1e-12 {
+            return None;
+        }
+        let t = cam.z / -d[2];
+        Some((cam.x + t * d[0], cam.y + t * d[1]))
+    };
     for j in 0..h {
         for i in 0..w {
             let mut acc = [0.0f32; 3];
             for (di, dj) in [(0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)] {
-                let c = match (cam.unproject_ground(i as f64 + di, j as f64 + dj), &tile) {
+                let c = match (ground(i as f64 + di, j as f64 + dj), tile) {
                     (Some(g), Some(t)) => {
                         let dist = (g.0 - cam.x).hypot(g.1 - cam.y);
                         let fade = ((dist / max_range).min(1.0) as f32).powi(2);
@@ -187,28 +207,38 @@ pub fn render_perspective(world: &World, app: &Appearance, cam: &Camera) -> RgbI
     finish(out, app)
 }
 
-/// Ortho tile (float, unfinished) covering the visible ground out to `max_range`, at about
-/// the finest ground sampling of the view, at most 2048 px a side.
-fn ground_tile(world: &World, app: &Appearance, cam: &Camera, max_range: f64) -> Option<Canvas> {
+/// Ortho canvas (float, unfinished) covering the ground every camera of `cams` sees out to
+/// its haze range (8 × its height), at about the finest ground sampling of their image
+/// centres, at most `max_side` px a side (coarser beyond). `None` when no camera sees ground.
+pub fn ground_canvas(world: &World, app: &Appearance, cams: &[Camera], max_side: usize) -> Option<Canvas> {
     let mut pts = Vec::new();
+    let mut finest = f64::INFINITY;
     let n = 16;
-    for a in 0..=n {
-        for b in 0..=n {
-            let (px, py) = (a as f64 / n as f64 * cam.width as f64, b as f64 / n as f64 * cam.height as f64);
-            if let Some(g) = cam.unproject_ground(px, py) {
-                let (dx, dy) = (g.0 - cam.x, g.1 - cam.y);
-                let d = dx.hypot(dy);
-                let s = if d > max_range { max_range / d } else { 1.0 };
-                pts.push((cam.x + dx * s, cam.y + dy * s));
+    for cam in cams {
+        let max_range = 8.0 * cam.z;
+        for a in 0..=n {
+            for b in 0..=n {
+                let (px, py) = (a as f64 / n as f64 * cam.width as f64, b as f64 / n as f64 * cam.height as f64);
+                if let Some(g) = cam.unproject_ground(px, py) {
+                    let (dx, dy) = (g.0 - cam.x, g.1 - cam.y);
+                    let d = dx.hypot(dy);
+                    let s = if d > max_range { max_range / d } else { 1.0 };
+                    pts.push((cam.x + dx * s, cam.y + dy * s));
+                }
             }
         }
+        // Ground size of one pixel at the image centre (distance / focal length).
+        if let Some(centre) = cam.unproject_ground(cam.width as f64 / 2.0, cam.height as f64 / 2.0) {
+            let range = ((centre.0 - cam.x).powi(2) + (centre.1 - cam.y).powi(2) + cam.z * cam.z).sqrt();
+            finest = finest.min(range / cam.focal_px() / 2.0);
+        }
+    }
+    if !finest.is_finite() {
+        return None;
     }
     let b = super::geom::bbox_of(pts.iter())?;
     let extent = (b[2] - b[0]).max(b[3] - b[1]).max(1.0);
-    // Ground size of one pixel at the image centre (distance / focal length).
-    let centre = cam.unproject_ground(cam.width as f64 / 2.0, cam.height as f64 / 2.0)?;
-    let range = ((centre.0 - cam.x).powi(2) + (centre.1 - cam.y).powi(2) + cam.z * cam.z).sqrt();
-    let step = (range / cam.focal_px() / 2.0).max(extent / 2048.0).max(0.05);
+    let step = finest.max(extent / max_side.max(16) as f64).max(0.05);
     let (w, h) = (((b[2] - b[0]) / step).ceil() as usize + 2, ((b[3] - b[1]) / step).ceil() as usize + 2);
     Some(render_canvas(world, app, b[0] - step, b[3] + step, step, w, h))
 }

@@ -131,3 +131,165 @@ pub fn run_cvogl(a: &CvoglArgs) -> anyhow::Result<serde_json::Value> {
     std::fs::write(a.out.join("manifest.json"), m)?;
     Ok(manifest)
 }
+
+/// Mosaic compression on the command line.
+#[cfg(feature = "geo")]
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompressArg {
+    Jpeg,
+    Deflate,
+}
+
+/// `smgeo synth scene`: a georeferenced COG mosaic of a synthetic world + `scene.json`.
+#[cfg(feature = "geo")]
+#[derive(clap::Args, Debug, Clone)]
+pub struct SceneArgs {
+    /// Output folder (created): `mosaic.tif`, `scene.json`.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Side of the square world in metres.
+    #[arg(long, default_value_t = 1500.0)]
+    pub extent_m: f64,
+    /// Mosaic metres per pixel.
+    #[arg(long, default_value_t = 0.5)]
+    pub gsd: f64,
+    /// Projected CRS in metres (EPSG code).
+    #[arg(long, default_value_t = 32633)]
+    pub epsg: u32,
+    /// CRS easting / northing of the world's south-west corner.
+    #[arg(long, default_value_t = 500_000.0)]
+    pub origin_e: f64,
+    #[arg(long, default_value_t = 5_300_000.0)]
+    pub origin_n: f64,
+    /// Ground height above mean sea level (m), written into the KLV of flights.
+    #[arg(long, default_value_t = 0.0)]
+    pub ground_msl_m: f64,
+    #[arg(long, value_enum, default_value_t = CompressArg::Jpeg)]
+    pub compress: CompressArg,
+    #[arg(long, default_value_t = 90)]
+    pub jpeg_quality: u8,
+}
+
+#[cfg(feature = "geo")]
+pub fn run_scene(a: &SceneArgs) -> anyhow::Result<serde_json::Value> {
+    use super::scene::{build_scene, SceneConfig};
+    use crate::georef::Compression;
+    let cfg = SceneConfig {
+        seed: a.seed,
+        extent_m: (a.extent_m, a.extent_m),
+        gsd_m: a.gsd,
+        epsg: a.epsg,
+        origin_e: a.origin_e,
+        origin_n: a.origin_n,
+        ground_msl_m: a.ground_msl_m,
+        compression: match a.compress {
+            CompressArg::Jpeg => Compression::Jpeg { quality: a.jpeg_quality },
+            CompressArg::Deflate => Compression::Deflate,
+        },
+    };
+    let info = build_scene(&cfg, &a.out)?;
+    Ok(serde_json::json!({
+        "out": a.out,
+        "mosaic": info.mosaic_path(),
+        "size_px": info.size_px,
+        "geotransform": info.geotransform,
+        "epsg": info.config.epsg,
+        "bounds_wgs84": info.bounds_wgs84,
+        "objects": info.object_count,
+        "categories": info.categories,
+        "render_ms": info.render_ms,
+        "write_ms": info.write_ms,
+    }))
+}
+
+/// `smgeo synth flight`: a rendered drone flight (H.264 + ST 0601 KLV in MPEG-TS) over a
+/// scene, with prompts and ground truth.
+#[cfg(all(feature = "geo", feature = "gst"))]
+#[derive(clap::Args, Debug, Clone)]
+pub struct FlightArgs {
+    /// Scene folder written by `smgeo synth scene`.
+    #[arg(long)]
+    pub scene: PathBuf,
+    /// Output folder (created): flight.ts, flight.json, prompts.jsonl, truth.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = super::video::FlightKind::Straight)]
+    pub kind: super::video::FlightKind,
+    #[arg(long, default_value_t = 60.0)]
+    pub duration_s: f64,
+    #[arg(long, default_value_t = 15)]
+    pub fps: u32,
+    #[arg(long, default_value_t = 960)]
+    pub width: u32,
+    #[arg(long, default_value_t = 540)]
+    pub height: u32,
+    /// Number of prompts (clicks on objects) to write.
+    #[arg(long, default_value_t = 6)]
+    pub prompts: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Height above ground (m).
+    #[arg(long, default_value_t = 120.0)]
+    pub altitude_m: f64,
+    /// Camera pitch, degrees below the horizon (90 = nadir).
+    #[arg(long, default_value_t = 60.0)]
+    pub pitch_deg: f64,
+    #[arg(long, default_value_t = 12.0)]
+    pub speed_mps: f64,
+    #[arg(long, default_value_t = 70.0)]
+    pub hfov_deg: f64,
+    /// Render threads (default: available cores, at most 4).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[cfg(all(feature = "geo", feature = "gst"))]
+pub fn run_flight(a: &FlightArgs) -> anyhow::Result<serde_json::Value> {
+    use super::video::{build_flight, FlightSpec};
+    let spec = FlightSpec {
+        kind: a.kind,
+        duration_s: a.duration_s,
+        camera: super::FlightConfig {
+            altitude_m: a.altitude_m,
+            speed_mps: a.speed_mps,
+            fps: a.fps as f64,
+            pitch_deg: a.pitch_deg,
+            hfov_deg: a.hfov_deg,
+            width: a.width,
+            height: a.height,
+        },
+        seed: a.seed,
+        n_prompts: a.prompts,
+        ..FlightSpec::default()
+    };
+    let s = build_flight(&a.scene, &spec, &a.out, a.threads)?;
+    Ok(serde_json::to_value(&s)?)
+}
+
+/// `smgeo synth stream`: send a written flight over UDP as MPEG-TS (re-rendered).
+#[cfg(all(feature = "geo", feature = "gst"))]
+#[derive(clap::Args, Debug, Clone)]
+pub struct StreamArgs {
+    /// Flight folder written by `smgeo synth flight`.
+    #[arg(long)]
+    pub flight: PathBuf,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 5600)]
+    pub port: u16,
+    /// Send as fast as frames render instead of at the flight's frame rate.
+    #[arg(long)]
+    pub fast: bool,
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[cfg(all(feature = "geo", feature = "gst"))]
+pub fn run_stream(a: &StreamArgs) -> anyhow::Result<serde_json::Value> {
+    let t0 = std::time::Instant::now();
+    let st = super::video::stream_flight_udp(&a.flight, &a.host, a.port, !a.fast, None, a.threads)?;
+    Ok(serde_json::json!({"host": a.host, "port": a.port, "frames": st.frames, "klv_units": st.klv_units,
+        "seconds": t0.elapsed().as_secs_f64()}))
+}

@@ -18,6 +18,10 @@ mod layout;
 mod leisure;
 pub mod raster;
 pub mod render;
+#[cfg(feature = "geo")]
+pub mod scene;
+#[cfg(all(feature = "geo", feature = "gst"))]
+pub mod video;
 pub mod world;
 
 pub use camera::{render_perspective, Camera};
@@ -35,6 +39,28 @@ pub enum SynthError {
     InvalidConfig { field: &'static str, value: String, why: &'static str },
     #[error("world (seed {seed}) has no target object that fits a {chip_m:.0} m chip and a {view_m:.0} m drone view")]
     NoTarget { seed: u64, chip_m: f64, view_m: f64 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("I/O on {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("JSON in {path}: {source}")]
+    Json {
+        path: std::path::PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("KLV: {0}")]
+    Klv(#[from] crate::klv::KlvError),
+    #[cfg(feature = "geo")]
+    #[error("georeferencing: {0}")]
+    Georef(#[from] crate::georef::GeorefError),
+    #[cfg(feature = "gst")]
+    #[error("video: {0}")]
+    Ingest(#[from] crate::ingest::IngestError),
 }
 
 /// Result alias of this module.
