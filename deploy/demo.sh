@@ -1,14 +1,8 @@
 #!/usr/bin/env bash
-# The main job as far as it exists today (see README "Status"): the model stage.
-# 1. which device libtorch uses; 2. the official code's golden inputs through our
-# release preset (parity with PyTorch); 3. forward latency of both presets at CVOGL sizes.
+# The main job: `smgeo demo` (README). Synthesises a scene mosaic and a drone flight,
+# trains (or reuses) a small model on that scene, starts an in-process MQTT broker, runs
+# the live pipeline on a loopback UDP stream of the flight, prompts objects and prints
+# each published target with its error against the truth. Cached under .cache/demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=target/release/smgeo
-out=.cache/demo; mkdir -p "$out"
-$bin info
-$bin weights forward --config tests/fixtures/golden/tiny_config.json \
-  --weights tests/fixtures/golden/tiny_weights.safetensors \
-  --inputs tests/fixtures/golden/tiny_io.safetensors --out "$out/tiny_out.safetensors"
-$bin weights inspect "$out/tiny_out.safetensors" | head -20
-$bin bench model --runs "${SMGEO_DEMO_RUNS:-2}" "$@"
+exec target/release/smgeo demo "$@"

@@ -33,6 +33,10 @@ pub enum Cmd {
     #[cfg(feature = "geo")]
     #[command(subcommand)]
     Mosaic(crate::georef::cli::MosaicCmd),
+    /// The zero-setup main job: synthetic scene + flight, a small model trained on the
+    /// scene, in-process MQTT broker, the live pipeline on a UDP stream, results vs truth.
+    #[cfg(all(feature = "geo", feature = "gst"))]
+    Demo(crate::live::demo::DemoArgs),
     /// The live pipeline: streams, prompts over MQTT, WGS84 targets out.
     #[cfg(all(feature = "geo", feature = "gst"))]
     Run(crate::live::run::RunArgs),
@@ -108,6 +112,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Weights(w) => weights_cli::run(w)?,
         #[cfg(feature = "geo")]
         Cmd::Mosaic(m) => crate::georef::cli::run(m)?,
+        #[cfg(all(feature = "geo", feature = "gst"))]
+        Cmd::Demo(a) => {
+            crate::live::demo::run(a)?;
+        }
         #[cfg(all(feature = "geo", feature = "gst"))]
         Cmd::Run(a) => {
             let r = crate::live::run::run(a)?;

@@ -68,8 +68,9 @@ struct Inner {
     arrivals: VecDeque<Instant>,
     /// Replay gate: frames with a later PTS wait in [`FrameRing::push`] (see [`FrameRing::hold`]).
     hold: Option<u64>,
-    /// A push is waiting at the hold.
+    /// A push is waiting at the hold (with this frame's PTS).
     held: bool,
+    held_pts: Option<u64>,
 }
 
 /// Bounded ring of recent frames, latest wins. Shared as `Arc<FrameRing>`.
@@ -99,6 +100,7 @@ impl FrameRing {
                 arrivals: VecDeque::new(),
                 hold: None,
                 held: false,
+                held_pts: None,
             }),
             newer: Condvar::new(),
         }
@@ -122,10 +124,12 @@ impl FrameRing {
         let mut g = self.lock();
         while g.hold.is_some_and(|h| frame.pts_ns > h) {
             g.held = true;
+            g.held_pts = Some(frame.pts_ns);
             self.newer.notify_all();
             g = self.newer.wait(g).unwrap_or_else(|p| p.into_inner());
         }
         g.held = false;
+        g.held_pts = None;
         frame.seq = g.received;
         let seq = frame.seq;
         g.received += 1;
@@ -154,6 +158,17 @@ impl FrameRing {
         g.held = false;
         drop(g);
         self.newer.notify_all();
+    }
+
+    /// The current hold.
+    pub fn hold_value(&self) -> Option<u64> {
+        self.lock().hold
+    }
+
+    /// PTS of the frame waiting at the hold, if one is.
+    pub fn waiting_pts(&self) -> Option<u64> {
+        let g = self.lock();
+        g.held_pts.filter(|_| g.held)
     }
 
     /// Wait up to `timeout` for a frame with PTS ≥ `pts_ns` (or for the producer to stop at

@@ -92,6 +92,10 @@ pub struct SourceConfig {
     pub appsink_max_buffers: u32,
     /// Folder with replacement `*.pipeline` templates.
     pub pipeline_dir: Option<PathBuf>,
+    /// Start with the frame ring held at PTS 0 (see `FrameRing::hold`): for replays
+    /// that must see the first frame. Never for live sources.
+    #[serde(default)]
+    pub hold_from_start: bool,
 }
 
 impl SourceConfig {
@@ -111,6 +115,7 @@ impl SourceConfig {
             max_reconnects: None,
             appsink_max_buffers: 2,
             pipeline_dir: None,
+            hold_from_start: false,
         }
     }
 

@@ -115,6 +115,9 @@ impl Source {
         let text = pipeline::launch_text(&cfg)?;
         pipeline::parse(cfg.kind.template_name(), &text)?;
         let ring = Arc::new(FrameRing::new(cfg.ring_capacity));
+        if cfg.hold_from_start {
+            ring.hold(Some(0));
+        }
         let (klv_tx, klv_rx) = crossbeam_channel::bounded(cfg.klv_capacity.max(1));
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let shared = Arc::new(Shared {

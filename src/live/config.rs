@@ -252,4 +252,12 @@ mod tests {
         assert!(f.validate().is_err());
         assert!(toml::from_str::<LiveConfig>("mosaic = 'x'\nbogus = 1\n[model]\nweights='w'").is_err());
     }
+
+    #[test]
+    fn shipped_live_config_is_valid() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/live.toml");
+        let c = LiveConfig::from_file(&p).unwrap();
+        assert_eq!(c.streams.len(), 1);
+        assert!(c.mosaic.ends_with(".cache/demo/scene/mosaic.tif"));
+    }
 }

@@ -202,8 +202,11 @@ impl Engine {
     ) -> Vec<Result<Outcome, PromptError>> {
         let interval = self.track_cfg.interval_ms * 1_000_000;
         let max_ns = (self.track_cfg.max_s * 1e9) as u64;
-        let due: Vec<usize> =
-            (0..self.tracks.len()).filter(|&i| frame.pts_ns >= self.tracks[i].last_pts + interval).collect();
+        // A quarter interval of slack: a frame just before the due time counts (replay
+        // asks for the frame nearest to it).
+        let due: Vec<usize> = (0..self.tracks.len())
+            .filter(|&i| frame.pts_ns + interval / 4 >= self.tracks[i].last_pts + interval)
+            .collect();
         let mut results = Vec::new();
         let mut ended = Vec::new();
         for i in due {

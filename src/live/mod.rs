@@ -24,3 +24,5 @@ pub mod run;
 
 #[cfg(all(test, feature = "geo", feature = "gst"))]
 mod tests;
+#[cfg(all(feature = "geo", feature = "gst"))]
+pub mod demo;

@@ -260,11 +260,30 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<ReplaySummary> {
     // The hold blocks the decoder on purpose: no stall detection, no reconnects.
     sc.stall_timeout_ms = 3_600_000;
     sc.max_reconnects = Some(0);
+    sc.hold_from_start = true;
     let source = Source::start(sc)?;
     let ring = source.frames().clone();
     let timeline = Arc::new(Mutex::new(Timeline::new(100_000)));
     let (klv_thread, klv_count) = spawn_klv_drain(source.klv().clone(), timeline.clone());
     let tol = 500_000_000u64;
+    // Prompt times count from the recording's first frame: the demuxer's output PTS
+    // carries the transport stream's start offset (PCR lead), the first frame shows it.
+    let base = {
+        let t = Instant::now();
+        loop {
+            if let Some(w) = ring.waiting_pts() {
+                break w;
+            }
+            let st = source.state();
+            if matches!(st, SourceState::Eos | SourceState::Failed(_)) || t.elapsed() > Duration::from_secs(60) {
+                ring.hold(None);
+                source.stop();
+                anyhow::bail!("{}: no video frame ({st:?})", a.flight.display());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    tracing::debug!(base_ns = base, "replay: first frame PTS");
     let mut next = 0usize;
     let mut results: Vec<(String, Target)> = Vec::new();
     let mut errors = Vec::new();
@@ -287,7 +306,7 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<ReplaySummary> {
         }
     };
     loop {
-        let due_prompt = prompts.get(next).map(|p| p.pts_ns.unwrap_or(0));
+        let due_prompt = prompts.get(next).map(|p| p.pts_ns.unwrap_or(0) + base);
         let due = match (due_prompt, engine.next_track_due()) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) => a,
@@ -297,12 +316,18 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<ReplaySummary> {
         ring.hold(Some(due + tol / 10));
         let ended = |s: &SourceState| matches!(s, SourceState::Eos | SourceState::Failed(_));
         let frame = loop {
-            if let Some(f) = ring.wait_for_pts(due, Duration::from_millis(200)) {
-                if f.pts_ns + tol / 10 >= due || ended(&source.state()) {
-                    break Some(f);
+            let f = ring.wait_for_pts(due, Duration::from_millis(200));
+            if f.as_ref().is_some_and(|f| f.pts_ns >= due) || ended(&source.state()) {
+                break f;
+            }
+            // The next frame waits at the hold beyond `due`: let it in when it is within
+            // the tolerance (then the nearer of the two is taken), else take what we have.
+            if let Some(w) = ring.waiting_pts() {
+                if w <= due + tol && ring.hold_value() != Some(w) {
+                    ring.hold(Some(w));
+                    continue;
                 }
-            } else if ended(&source.state()) {
-                break None;
+                break f;
             }
         };
         let Some(frame) = frame.filter(|f| f.pts_ns.abs_diff(due) <= tol) else {
@@ -324,7 +349,9 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<ReplaySummary> {
             drop(tl);
             std::thread::sleep(Duration::from_millis(5));
         };
-        while let Some(p) = prompts.get(next).filter(|p| p.pts_ns.unwrap_or(0) <= frame.pts_ns + tol / 10) {
+        tracing::debug!(due, frame_pts = frame.pts_ns, "replay: frame for the next event");
+        // Every prompt due by now takes this frame (the nearest to its time).
+        while let Some(p) = prompts.get(next).filter(|p| p.pts_ns.unwrap_or(0) + base <= due.max(frame.pts_ns) + tol / 10) {
             let o = engine.handle_prompt(p, &frame, tel.as_ref(), Instant::now());
             record(o, &p.id.clone(), &mut errors);
             next += 1;

@@ -214,8 +214,9 @@ fn run_over_udp_with_mosquitto_serves_prompts_and_survives_bad_ones() {
     let is = |m: &Msg, k: &str, v: &str| m.json().get(k).and_then(|x| x.as_str()) == Some(v);
     let seen = rt.block_on(status.until(Duration::from_secs(90), |m| is(m, "source", "playing")));
     assert!(seen.last().is_some_and(|m| is(m, "source", "playing")), "source never reached playing: {seen:?}");
+    let prompt_client = targets.client.clone();
     let publish = |payload: &[u8]| {
-        rt.block_on(targets.client.publish("smgeo/uav-e2e/prompts", QoS::AtLeastOnce, false, payload.to_vec()))
+        rt.block_on(prompt_client.publish("smgeo/uav-e2e/prompts", QoS::AtLeastOnce, false, payload.to_vec()))
             .unwrap()
     };
     // Two valid prompts (latest frame), one malformed, one outside the frame.
@@ -246,7 +247,9 @@ fn run_over_udp_with_mosquitto_serves_prompts_and_survives_bad_ones() {
     assert!(errs.contains(&"bad".to_string()) && errs.contains(&"far".to_string()), "{errs:?}");
     // Source loss: stop the UDP feed for 5 s, resume; a later prompt is still served.
     ctl.pause();
-    std::thread::sleep(Duration::from_secs(5));
+    let lost = rt.block_on(status.until(Duration::from_secs(30), |m| is(m, "source", "reconnecting")));
+    assert!(lost.last().is_some_and(|m| is(m, "source", "reconnecting")), "the stall was not reported");
+    std::thread::sleep(Duration::from_secs(3));
     ctl.resume();
     let back = rt.block_on(status.until(Duration::from_secs(60), |m| is(m, "source", "playing")));
     assert!(back.last().is_some_and(|m| is(m, "source", "playing")), "source did not come back");

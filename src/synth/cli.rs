@@ -36,6 +36,14 @@ pub struct CvoglArgs {
     /// JPEG quality of the written images.
     #[arg(long, default_value_t = 92)]
     pub jpeg_quality: u8,
+    /// Draw every split from this scene's world (`smgeo synth scene` folder) instead of
+    /// per-split worlds: training data for a model meant for that area (the demo).
+    #[arg(long)]
+    pub scene: Option<PathBuf>,
+    /// Sampling ranges (TOML, the fields of `SampleConfig`: altitude_m, pitch_deg,
+    /// hfov_deg, gsd_m, ...); sizes follow the dataset.
+    #[arg(long)]
+    pub sample_config: Option<PathBuf>,
 }
 
 /// World seed of a split: each split its own area.
@@ -79,8 +87,26 @@ fn save_jpeg(img: &image::RgbImage, path: &Path, q: u8) -> anyhow::Result<()> {
     enc.encode_image(img).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
 }
 
+/// The world of a scene folder (needs the `geo` feature for the scene's CRS).
+fn scene_world(dir: &Path) -> anyhow::Result<World> {
+    #[cfg(feature = "geo")]
+    {
+        Ok(super::scene::SceneInfo::load(dir)?.world())
+    }
+    #[cfg(not(feature = "geo"))]
+    {
+        anyhow::bail!("--scene {} needs a build with the geo feature", dir.display())
+    }
+}
+
 pub fn run_cvogl(a: &CvoglArgs) -> anyhow::Result<serde_json::Value> {
-    let cfg = SampleConfig::default();
+    let cfg = match &a.sample_config {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+            toml::from_str::<SampleConfig>(&t).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => SampleConfig::default(),
+    };
     let geometry = crate::offline::cvogl::DatasetGeometry::for_dataset(&a.dataset)
         .ok_or_else(|| anyhow::anyhow!("unknown dataset {:?} (CVOGL_DroneAerial or CVOGL_SVI)", a.dataset))?;
     let cfg =
@@ -93,10 +119,21 @@ pub fn run_cvogl(a: &CvoglArgs) -> anyhow::Result<serde_json::Value> {
     let extent = (a.world_km * 1000.0, a.world_km * 1000.0);
     let mut manifest = serde_json::json!({"dataset": a.dataset, "seed": a.seed, "sample_config": cfg, "splits": {}});
     let mut next_id = 0i64;
+    let fixed = a.scene.as_deref().map(scene_world).transpose()?;
+    if let Some(w) = &fixed {
+        manifest["scene"] = serde_json::json!({"dir": a.scene, "world_seed": w.seed});
+    }
     for (split, n) in [("train", a.n_train), ("val", a.n_val), ("test", a.n_test)] {
         let wseed = split_world_seed(a.seed, split);
-        let world = World::generate(wseed, extent);
-        let samples = render_samples(&world, a.seed ^ wseed, n, &cfg, threads);
+        let generated;
+        let world = match &fixed {
+            Some(w) => w,
+            None => {
+                generated = World::generate(wseed, extent);
+                &generated
+            }
+        };
+        let samples = render_samples(world, a.seed ^ wseed, n, &cfg, threads);
         let mut recs = Vec::with_capacity(n);
         let mut cats: std::collections::BTreeMap<String, usize> = Default::default();
         let mut same = 0usize;

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 /// Sampling ranges; defaults follow the CVOGL DroneAerial sizes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SampleConfig {
     /// Query (width, height) px; DroneAerial is 256×256.
     pub query_size: (u32, u32),
