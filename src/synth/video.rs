@@ -8,7 +8,11 @@
 //! - `flight.json` ([`FlightInfo`]): the resolved [`FlightSpec`], the scene config, the
 //!   drone appearance and every frame's [`Camera`]: everything needed to re-render the
 //!   identical frames and KLV ([`stream_flight_udp`] does that instead of storing frames).
-//! - `prompts.jsonl`: `{"id","x","y","pts_ns","mode":"once"}`, x/y in video pixels.
+//! - `prompts.jsonl`: `{"id","x","y","pts_ns","mode":"once"}`, x/y in video pixels,
+//!   `pts_ns` = k·10⁹/fps, the writer's PTS of the frame. Decoders see every PTS (video
+//!   and KLV alike) shifted by one constant (GStreamer `mpegtsmux` + `tsdemux`: +125 ms),
+//!   so join prompts by PTS relative to the first frame, or by KLV tag 2
+//!   (`epoch_us + pts_ns / 1000`).
 //! - `truth.jsonl`: `{"prompt_id","object_id","category","lon","lat","polygon","frame"}`;
 //!   lon/lat = footprint centroid, polygon = closed counter-clockwise outer ring, WGS84.
 //!
@@ -1003,6 +1007,9 @@ mod tests {
         assert_eq!(frames.len(), 11);
         for (i, f) in frames.iter().enumerate() {
             assert_eq!((f.width, f.height), (320, 180));
+            // Decoded PTS = writer PTS + one constant offset (the muxer's PCR lead).
+            let rel = f.pts_ns - frames[0].pts_ns;
+            assert!(rel.abs_diff(frame_pts_ns(i, 5)) < 1_000_000, "frame {i}: {rel} ns after frame 0");
             if i % 5 == 0 {
                 let want = render_frame(&world, &info.drone_appearance, &info.cameras, 5, i).unwrap();
                 let mad: f64 = f.data.iter().zip(want.as_raw()).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>()
