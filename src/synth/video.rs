@@ -463,9 +463,8 @@ struct FrameGround {
 }
 
 fn frame_ground(cam: &Camera) -> Result<FrameGround> {
-    let centre = cam.unproject_ground(cam.width as f64 / 2.0, cam.height as f64 / 2.0).ok_or_else(|| {
-        SynthError::InvalidCamera { field: "pitch_deg (image centre above the horizon)", value: cam.pitch_deg }
-    })?;
+    let why = SynthError::InvalidCamera { field: "pitch_deg (image centre above the horizon)", value: cam.pitch_deg };
+    let centre = cam.unproject_ground(cam.width as f64 / 2.0, cam.height as f64 / 2.0).ok_or(why)?;
     Ok(FrameGround { centre, corners: cam.footprint() })
 }
 
