@@ -259,6 +259,7 @@ pub fn satellite_appearance(seed: u64) -> Appearance {
 
 /// Render the mosaic: `w`×`h` pixels of `gsd` m, north-west corner (x0, y0) m, in
 /// overlapping tiles on `threads` threads; noise on the global pixel grid.
+#[allow(clippy::too_many_arguments)]
 pub fn render_mosaic(
     world: &World,
     app: &Appearance,

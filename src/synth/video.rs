@@ -8,7 +8,11 @@
 //! - `flight.json` ([`FlightInfo`]): the resolved [`FlightSpec`], the scene config, the
 //!   drone appearance and every frame's [`Camera`]: everything needed to re-render the
 //!   identical frames and KLV ([`stream_flight_udp`] does that instead of storing frames).
-//! - `prompts.jsonl`: `{"id","x","y","pts_ns","mode":"once"}`, x/y in video pixels.
+//! - `prompts.jsonl`: `{"id","x","y","pts_ns","mode":"once"}`, x/y in video pixels,
+//!   `pts_ns` = k·10⁹/fps, the writer's PTS of the frame. Decoders see every PTS (video
+//!   and KLV alike) shifted by one constant (GStreamer `mpegtsmux` + `tsdemux`: +125 ms),
+//!   so join prompts by PTS relative to the first frame, or by KLV tag 2
+//!   (`epoch_us + pts_ns / 1000`).
 //! - `truth.jsonl`: `{"prompt_id","object_id","category","lon","lat","polygon","frame"}`;
 //!   lon/lat = footprint centroid, polygon = closed counter-clockwise outer ring, WGS84.
 //!
@@ -32,13 +36,16 @@
 //! they are a deterministic function of `flight.json` (world seed, appearance, cameras,
 //! grouping), and [`stream_flight_udp`] re-renders them.
 //!
-//! Prompt choice: the flight is cut into `n_prompts` equal time slots; in each, the frame
-//! nearest the slot centre (outside the slot only when none inside qualifies) that shows an unused object with its whole footprint ≥ 4 px
-//! inside the image, ≥ 12 px across its projected box, within 5× the altitude, and whose
-//! interior point ([`super::geom::interior_point`]) is not under a tree; among those,
-//! categories used least so far first, then the seed's choice. Click = projection of the
-//! interior point. The renderer is flat-world, so the footprint is exactly where the object
-//! is drawn.
+//! Prompt choice: the flight is cut into `n_prompts` equal time slots; for each, frames
+//! are searched from the slot centre outwards (slot first, then the rest of the flight) for
+//! an unused frame showing an unused object with its whole footprint ≥ 4 px inside the
+//! image, ≥ 12 px across its projected box, within 5× the altitude, and whose interior
+//! point ([`super::geom::interior_point`]) is not under a tree; only when no frame has one,
+//! partly visible objects qualify (visible part ≥ 12 px across, click ≥ 16 px from the
+//! border). Among the candidates of a frame: categories used least so far first, then the
+//! seed's choice. Click = projection of the interior point. The renderer is flat-world, so
+//! the footprint is exactly where the object is drawn. Fewer prompts than asked are written
+//! (with a warning) when the flight shows fewer usable objects.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -456,9 +463,8 @@ struct FrameGround {
 }
 
 fn frame_ground(cam: &Camera) -> Result<FrameGround> {
-    let centre = cam.unproject_ground(cam.width as f64 / 2.0, cam.height as f64 / 2.0).ok_or_else(|| {
-        SynthError::InvalidCamera { field: "pitch_deg (image centre above the horizon)", value: cam.pitch_deg }
-    })?;
+    let why = SynthError::InvalidCamera { field: "pitch_deg (image centre above the horizon)", value: cam.pitch_deg };
+    let centre = cam.unproject_ground(cam.width as f64 / 2.0, cam.height as f64 / 2.0).ok_or(why)?;
     Ok(FrameGround { centre, corners: cam.footprint() })
 }
 
@@ -565,8 +571,10 @@ pub struct PromptPick {
     pub click: P2,
 }
 
-/// Objects fully and clearly visible in `cam` (see module docs), with their clicks.
-pub fn visible_targets(world: &World, cam: &Camera) -> Vec<(usize, P2)> {
+/// Objects clearly visible in `cam` (see module docs), with their clicks. `whole`: the
+/// whole footprint inside the image (4 px margin); otherwise the part inside the image must
+/// be ≥ 12 px across and the click ≥ 16 px from the border (fallback for sparse views).
+pub fn visible_targets(world: &World, cam: &Camera, whole: bool) -> Vec<(usize, P2)> {
     let (w, h) = (cam.width as f64, cam.height as f64);
     let max_range = 5.0 * cam.z;
     let mut ground = Vec::new();
@@ -592,17 +600,18 @@ pub fn visible_targets(world: &World, cam: &Camera) -> Vec<(usize, P2)> {
                 continue 'objects;
             }
             match cam.project([p.0, p.1, 0.0]) {
-                Some(q) if cam.in_image(q, 4.0) => proj.push(q),
+                Some(q) if !whole || cam.in_image(q, 4.0) => proj.push(q),
                 _ => continue 'objects,
             }
         }
         let Some(b) = bbox_of(proj.iter()) else { continue };
+        let b = [b[0].max(0.0), b[1].max(0.0), b[2].min(w), b[3].min(h)];
         if (b[2] - b[0]).min(b[3] - b[1]) < 12.0 {
             continue;
         }
         let ip = interior_point(&o.footprint);
         let Some(click) = cam.project([ip.0, ip.1, 0.0]) else { continue };
-        if !cam.in_image(click, 8.0) {
+        if !cam.in_image(click, if whole { 8.0 } else { 16.0 }) {
             continue;
         }
         if o.category != "tree_cluster" {
@@ -628,7 +637,7 @@ pub fn pick_prompts(world: &World, cams: &[Camera], n: usize, seed: u64) -> Vec<
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9B0_3B75);
     let (mut used_frames, mut used_objects) = (HashSet::new(), HashSet::new());
     let mut cat_use: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut seen: BTreeMap<usize, Vec<(usize, P2)>> = BTreeMap::new();
+    let mut seen: BTreeMap<(bool, usize), Vec<(usize, P2)>> = BTreeMap::new();
     let mut out = Vec::new();
     for i in 0..n {
         // Slot i covers frames [lo, hi); search from its centre outwards.
@@ -637,11 +646,12 @@ pub fn pick_prompts(world: &World, cams: &[Camera], n: usize, seed: u64) -> Vec<
         // Frames of the slot first, then (when the slot shows nothing usable) the others.
         let mut order: Vec<usize> = (0..nf).collect();
         order.sort_by_key(|&k| (!(lo..hi).contains(&k), (k as i64 - mid as i64).abs()));
-        for k in order {
+        // Wholly visible objects anywhere first; partly visible ones only when none is left.
+        for (whole, k) in order.iter().map(|&k| (true, k)).chain(order.iter().map(|&k| (false, k))) {
             if used_frames.contains(&k) {
                 continue;
             }
-            let visible = seen.entry(k).or_insert_with(|| visible_targets(world, &cams[k]));
+            let visible = seen.entry((whole, k)).or_insert_with(|| visible_targets(world, &cams[k], whole));
             let cands: Vec<(usize, P2)> = visible.iter().filter(|(o, _)| !used_objects.contains(o)).copied().collect();
             let Some(least) =
                 cands.iter().map(|(o, _)| cat_use.get(world.objects[*o].category.as_str()).copied().unwrap_or(0)).min()
@@ -996,6 +1006,9 @@ mod tests {
         assert_eq!(frames.len(), 11);
         for (i, f) in frames.iter().enumerate() {
             assert_eq!((f.width, f.height), (320, 180));
+            // Decoded PTS = writer PTS + one constant offset (the muxer's PCR lead).
+            let rel = f.pts_ns - frames[0].pts_ns;
+            assert!(rel.abs_diff(frame_pts_ns(i, 5)) < 1_000_000, "frame {i}: {rel} ns after frame 0");
             if i % 5 == 0 {
                 let want = render_frame(&world, &info.drone_appearance, &info.cameras, 5, i).unwrap();
                 let mad: f64 = f.data.iter().zip(want.as_raw()).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>()
