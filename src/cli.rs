@@ -90,6 +90,19 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 4)]
         seconds: u32,
     },
+    /// The live path on a synthetic flight (replay): prompt-to-result latency with and
+    /// without cached chip features, time outside the model.
+    #[cfg(all(feature = "geo", feature = "gst"))]
+    Live {
+        /// Flight folder (`smgeo synth flight`): flight.ts, prompts.jsonl, truth.jsonl.
+        #[arg(long, default_value = ".cache/demo/flight")]
+        flight: std::path::PathBuf,
+        #[arg(long, default_value = "config/live.toml")]
+        config: std::path::PathBuf,
+        /// Turn every prompt into a track (re-localisation on cached chip features).
+        #[arg(long)]
+        track: bool,
+    },
     /// Time to cut a 1024² chip from a multi-file COG mosaic vs GDAL's command-line tools.
     #[cfg(feature = "geo")]
     Chip {
@@ -153,6 +166,37 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(BenchCmd::Ingest { seconds }) => {
             let o = crate::ingest::IngestBenchOptions { seconds: *seconds, ..Default::default() };
             println!("{}", serde_json::to_string_pretty(&crate::ingest::bench_ingest(&o)?)?);
+        }
+        #[cfg(all(feature = "geo", feature = "gst"))]
+        Cmd::Bench(BenchCmd::Live { flight, config, track }) => {
+            let mut prompts = flight.join("prompts.jsonl");
+            if *track {
+                let mut ps = crate::live::replay::read_prompts(&prompts)?;
+                let mut text = String::new();
+                for p in &mut ps {
+                    p.mode = crate::publish::PromptMode::Track;
+                    text += &serde_json::to_string(p)?;
+                    text.push('\n');
+                }
+                prompts = std::env::temp_dir().join(format!("smgeo-bench-live-{}.jsonl", std::process::id()));
+                std::fs::write(&prompts, text)?;
+            }
+            let a = crate::live::replay::ReplayArgs {
+                flight: flight.join("flight.ts"),
+                prompts,
+                truth: Some(flight.join("truth.jsonl")),
+                config: config.clone(),
+                out: None,
+                stream: "bench".into(),
+                fallback_centre: None,
+            };
+            let s = crate::live::replay::run(&a)?;
+            let v = serde_json::json!({
+                "flight": s.flight, "prompts": s.prompts, "results": s.targets, "errors": s.errors.len(),
+                "wall_s": s.wall_s, "mean_step_ms": s.mean_step_ms, "cache": s.cache, "bench": s.bench,
+                "geo_error": s.geo_error,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
         }
         #[cfg(feature = "geo")]
         Cmd::Bench(BenchCmd::Chip { mosaic, size, iterations }) => {

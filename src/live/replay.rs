@@ -174,6 +174,10 @@ pub struct ReplaySummary {
     /// Mean per-step times over all results, ms.
     pub mean_step_ms: serde_json::Value,
     pub cache: serde_json::Value,
+    /// Per-result latency (prompt handling to result) with and without cached chip
+    /// features, and the share of it spent outside the model (query prep, chip read,
+    /// georeferencing, bookkeeping).
+    pub bench: serde_json::Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub geo_error: Option<GeoErrorReport>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -381,6 +385,29 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<ReplaySummary> {
         "total": mean(&|o| o.localisation.times.total_ms),
     });
     let (hits, misses, held) = engine.localiser().cache_stats();
+    let split = |cached: bool| {
+        let mut v: Vec<f64> = outcomes
+            .iter()
+            .filter(|o| o.localisation.cached == cached)
+            .map(|o| o.target.properties.latency_ms)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return serde_json::json!({"n": 0});
+        }
+        serde_json::json!({"n": v.len(), "p50": pct(&v, 0.5), "p95": pct(&v, 0.95), "max": v[v.len() - 1]})
+    };
+    let model_ms: f64 = outcomes.iter().map(|o| o.localisation.times.reference_ms + o.localisation.times.query_ms).sum();
+    let total_ms: f64 = outcomes.iter().map(|o| o.target.properties.latency_ms).sum();
+    let bench = serde_json::json!({
+        "latency_ms_uncached": split(false),
+        "latency_ms_cached": split(true),
+        "model_ms_total": model_ms,
+        "outside_model_ms_total": total_ms - model_ms,
+        "outside_model_fraction_of_model": if model_ms > 0.0 { (total_ms - model_ms) / model_ms } else { 0.0 },
+        "frames_decoded": frames,
+        "device": crate::device::describe(engine.localiser().device()),
+    });
     let (geo, rows) = if truth.is_empty() { (None, Vec::new()) } else {
         let (g, r) = geo_errors(&results, &truth);
         (Some(g), r)
@@ -397,6 +424,7 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<ReplaySummary> {
         latency_ms_p95: p95,
         mean_step_ms,
         cache: serde_json::json!({"hits": hits, "misses": misses, "held": held}),
+        bench,
         geo_error: geo,
         per_prompt: rows,
     };

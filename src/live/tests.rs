@@ -270,3 +270,34 @@ fn run_over_udp_with_mosquitto_serves_prompts_and_survives_bad_ones() {
     sender.join().unwrap();
     let _ = Instant::now();
 }
+
+/// A click whose ground position lies outside the mosaic is an error naming the place;
+/// the localiser keeps working for the next prompt.
+#[test]
+fn ground_outside_the_mosaic_is_an_error_and_the_localiser_goes_on() {
+    let f = fixture();
+    let scene = SceneInfo::load(&f.scene).unwrap();
+    let lc = LocaliserConfig { chip_px: 256, chip_gsd_m: 1.0, query_px: 128, ..Default::default() };
+    let mut loc = Localiser::new(
+        &tiny_model_config(),
+        &f.checkpoint.join("weights.safetensors"),
+        &MosaicSpec::from_path(scene.mosaic_path()),
+        lc,
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    let frame = vec![100u8; 96 * 64 * 3];
+    let far = LonLat { lon: scene.bounds_wgs84[2] + 0.05, lat: scene.bounds_wgs84[3] + 0.05 };
+    let e = loc.localise(&frame, 96, 64, 96 * 3, (40.0, 30.0), far).unwrap_err();
+    assert!(matches!(e, super::localiser::LocaliseError::Chip { .. }), "{e}");
+    let bad = loc.localise(&frame, 96, 64, 96 * 3, (96.0, 30.0), far).unwrap_err();
+    assert!(matches!(bad, super::localiser::LocaliseError::ClickOutside { .. }), "{bad}");
+    let b = scene.bounds_wgs84;
+    let inside = LonLat { lon: (b[0] + b[2]) / 2.0, lat: (b[1] + b[3]) / 2.0 };
+    let ok = loc.localise(&frame, 96, 64, 96 * 3, (40.0, 30.0), inside).unwrap();
+    assert!(!ok.cached && ok.box_px[2] <= 64.0 + 1e-6, "box inside the 64 px model chip: {:?}", ok.box_px);
+    // A second prompt on the same chip uses the cached satellite features.
+    let again = loc.localise(&frame, 96, 64, 96 * 3, (10.0, 10.0), inside).unwrap();
+    assert!(again.cached && again.times.reference_ms == 0.0);
+    assert_eq!(loc.cache_stats(), (1, 2, 1));
+}
