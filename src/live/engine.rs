@@ -2,9 +2,10 @@
 //! `smgeo replay` (prompts from a file, a recording): a prompt + the frame it names + the
 //! telemetry at that frame → chip centre → [`Localiser`] → a `smgeo.target.v1` feature.
 //!
-//! Tracking (`mode: "track"`): the last result's ground point is re-projected into each
-//! later frame through the telemetry camera model (the plane homography of the KLV image
-//! corners, [`FrameGeo`]) and localised again at `track.interval_ms`; the satellite features
+//! Tracking (`mode: "track"`): the clicked ground point (the click through the KLV image
+//! corners of the prompt's frame) is re-projected into each later frame through the
+//! telemetry camera model (the plane homography of the KLV image corners, [`FrameGeo`])
+//! and localised again at `track.interval_ms` (without corners: the last result's point); the satellite features
 //! of the chip come from the cache while the drone stays over it. A track ends when its
 //! point leaves the frame, after `track.max_s`, or when a new prompt reuses its id.
 
@@ -178,10 +179,16 @@ impl Engine {
             if self.tracks.len() >= self.track_cfg.max_tracks.max(1) {
                 self.tracks.remove(0);
             }
+            // Follow the clicked ground point (the click through the KLV image corners at
+            // the prompt's frame); the model's result only when there are no corners.
             let c = out.target.geometry.coordinates;
+            let ground = telemetry
+                .and_then(|s| FrameGeo::from_telemetry(s, frame.width as f64, frame.height as f64))
+                .and_then(|g| g.pixel_to_lonlat(prompt.x, prompt.y))
+                .unwrap_or((c.lon, c.lat));
             self.tracks.push(Track {
                 prompt: prompt.clone(),
-                ground: (c.lon, c.lat),
+                ground,
                 started_pts: frame.pts_ns,
                 last_pts: frame.pts_ns,
             });
@@ -229,8 +236,10 @@ impl Engine {
             };
             match self.localise(&t.prompt, click, frame, telemetry, Instant::now()) {
                 Ok(out) => {
-                    let c = out.target.geometry.coordinates;
-                    self.tracks[i].ground = (c.lon, c.lat);
+                    if geo.is_none() {
+                        let c = out.target.geometry.coordinates;
+                        self.tracks[i].ground = (c.lon, c.lat);
+                    }
                     self.tracks[i].last_pts = frame.pts_ns;
                     results.push(Ok(out));
                 }
