@@ -317,7 +317,8 @@ pub fn stream_file_udp(path: &Path, host: &str, port: u16, ctl: Option<&StreamCo
             p.set_state(s).map_err(|_| state_err(if want_pause { "PAUSED" } else { "PLAYING" }))?;
             paused = want_pause;
         }
-        let msg = bus.timed_pop_filtered(gst::ClockTime::from_mseconds(50), &[gst::MessageType::Eos, gst::MessageType::Error]);
+        let msg = bus
+            .timed_pop_filtered(gst::ClockTime::from_mseconds(50), &[gst::MessageType::Eos, gst::MessageType::Error]);
         match msg.as_ref().map(|m| m.view()) {
             Some(gst::MessageView::Error(e)) => {
                 break Err(IngestError::Bus {

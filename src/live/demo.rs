@@ -322,14 +322,19 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<serde_json::Value> {
         std::thread::spawn(move || crate::ingest::stream_file_udp(&ts, "127.0.0.1", udp_port, Some(&ctl)))
     };
     let t_stream = Instant::now();
-    eprintln!("  streaming {} to udp://127.0.0.1:{udp_port}; {} prompts follow the flight", flight_dir.display(), prompts.len());
+    eprintln!(
+        "  streaming {} to udp://127.0.0.1:{udp_port}; {} prompts follow the flight",
+        flight_dir.display(),
+        prompts.len()
+    );
     // Prompts go out when their frame is on air; they name no pts (the pipeline takes the
     // newest frame), as an operator's click on the live picture does.
     let mut sent = 0usize;
     let mut results: Vec<(String, Target)> = Vec::new();
     let mut errors: Vec<serde_json::Value> = Vec::new();
     let mut answered = std::collections::HashSet::new();
-    let end = Duration::from_nanos(prompts.iter().filter_map(|p| p.pts_ns).max().unwrap_or(0)) + Duration::from_secs(120);
+    let end =
+        Duration::from_nanos(prompts.iter().filter_map(|p| p.pts_ns).max().unwrap_or(0)) + Duration::from_secs(120);
     while answered.len() < prompts.len() && t_stream.elapsed() < end {
         while let Some(p) = prompts.get(sent) {
             let due = Duration::from_nanos(p.pts_ns.unwrap_or(0));
@@ -352,7 +357,8 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<serde_json::Value> {
             let t: Target = serde_json::from_value(v)?;
             let id = t.properties.prompt_id.clone();
             let c0 = t.geometry.coordinates;
-            let err = truth.iter().find(|x| x.prompt_id == id).map(|x| ground_distance_m((x.lon, x.lat), (c0.lon, c0.lat)));
+            let err =
+                truth.iter().find(|x| x.prompt_id == id).map(|x| ground_distance_m((x.lon, x.lat), (c0.lon, c0.lat)));
             eprintln!(
                 "  ← target {id}: ({:.6}, {:.6}) score {:.2} latency {:.0} ms, error vs truth {}",
                 c0.lon,

@@ -226,9 +226,9 @@ impl Engine {
             }
             let geo = telemetry.and_then(|s| FrameGeo::from_telemetry(s, frame.width as f64, frame.height as f64));
             let click = geo.and_then(|g| g.lonlat_to_pixel(t.ground.0, t.ground.1));
-            let Some(click) = click.filter(|c| {
-                c.0 >= 0.0 && c.1 >= 0.0 && c.0 < frame.width as f64 && c.1 < frame.height as f64
-            }) else {
+            let Some(click) =
+                click.filter(|c| c.0 >= 0.0 && c.1 >= 0.0 && c.0 < frame.width as f64 && c.1 < frame.height as f64)
+            else {
                 ended.push(i);
                 let why = if geo.is_none() { "no KLV image corners to follow it" } else { "the object left the view" };
                 results.push(Err(end(why.to_string())));
@@ -265,7 +265,8 @@ impl Engine {
     ) -> Result<Outcome, PromptError> {
         let (centre, source) = chip_centre(telemetry, self.fallback_centre).ok_or(PromptError::NoCentre)?;
         let ground = GeoLonLat { lon: centre.0, lat: centre.1 };
-        let loc = self.localiser.localise(&frame.data, frame.width, frame.height, 3 * frame.width as usize, click, ground)?;
+        let loc =
+            self.localiser.localise(&frame.data, frame.width, frame.height, 3 * frame.width as usize, click, ground)?;
         let fc = telemetry.and_then(|t| t.frame_centre());
         let tel = fc.map(|f| TargetTelemetry {
             frame_center: LonLat { lon: f.lon_deg, lat: f.lat_deg },

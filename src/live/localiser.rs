@@ -191,14 +191,10 @@ impl Localiser {
         dev: Device,
     ) -> Result<Self> {
         cfg.validate()?;
-        let (vs, model) = crate::weights_cli::build(model_cfg, dev).map_err(|e| LocaliseError::Weights {
-            path: weights_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        weights::load_file(&vs, weights_path, true).map_err(|e| LocaliseError::Weights {
-            path: weights_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let (vs, model) = crate::weights_cli::build(model_cfg, dev)
+            .map_err(|e| LocaliseError::Weights { path: weights_path.display().to_string(), reason: e.to_string() })?;
+        weights::load_file(&vs, weights_path, true)
+            .map_err(|e| LocaliseError::Weights { path: weights_path.display().to_string(), reason: e.to_string() })?;
         let mosaic = mosaic.open()?;
         let to_crs = CrsTransform::new(mosaic.crs())?;
         let m = model_cfg.input_multiple();
@@ -353,7 +349,10 @@ impl Localiser {
             imageops::resize(&img, q, q, imageops::FilterType::Triangle)
         };
         let k = q as f64 / side as f64;
-        let qc = (((click.0 - x0 as f64) * k).clamp(0.0, q as f64 - 1.0), ((click.1 - y0 as f64) * k).clamp(0.0, q as f64 - 1.0));
+        let qc = (
+            ((click.0 - x0 as f64) * k).clamp(0.0, q as f64 - 1.0),
+            ((click.1 - y0 as f64) * k).clamp(0.0, q as f64 - 1.0),
+        );
         let t = preprocess::to_input(resized.as_raw(), q as i64, q as i64, 3 * q as usize, Some(qc))?;
         Ok((t.unsqueeze(0).to_device(self.dev), (x0, y0, side)))
     }

@@ -22,7 +22,7 @@ pub mod replay;
 #[cfg(all(feature = "geo", feature = "gst"))]
 pub mod run;
 
-#[cfg(all(test, feature = "geo", feature = "gst"))]
-mod tests;
 #[cfg(all(feature = "geo", feature = "gst"))]
 pub mod demo;
+#[cfg(all(test, feature = "geo", feature = "gst"))]
+mod tests;

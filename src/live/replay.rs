@@ -292,8 +292,8 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<ReplaySummary> {
     let mut results: Vec<(String, Target)> = Vec::new();
     let mut errors = Vec::new();
     let mut outcomes: Vec<Outcome> = Vec::new();
-    let mut record = |o: Result<Outcome, super::engine::PromptError>, id: &str, errors: &mut Vec<serde_json::Value>| {
-        match o {
+    let mut record =
+        |o: Result<Outcome, super::engine::PromptError>, id: &str, errors: &mut Vec<serde_json::Value>| match o {
             Ok(o) => {
                 if let Some(f) = targets_out.as_mut() {
                     let _ = serde_json::to_writer(&mut *f, &o.target).map(|_| writeln!(f));
@@ -307,8 +307,7 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<ReplaySummary> {
                 tracing::warn!(prompt_id = id, error = %e, "prompt failed");
                 errors.push(serde_json::json!({"prompt_id": id, "error": e.to_string()}));
             }
-        }
-    };
+        };
     loop {
         let due_prompt = prompts.get(next).map(|p| p.pts_ns.unwrap_or(0) + base);
         let due = match (due_prompt, engine.next_track_due()) {
@@ -337,7 +336,9 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<ReplaySummary> {
         let Some(frame) = frame.filter(|f| f.pts_ns.abs_diff(due) <= tol) else {
             // The recording ended before this time: every remaining prompt fails.
             for p in &prompts[next..] {
-                errors.push(serde_json::json!({"prompt_id": p.id, "error": "the recording ended before the prompt's pts"}));
+                errors.push(
+                    serde_json::json!({"prompt_id": p.id, "error": "the recording ended before the prompt's pts"}),
+                );
             }
             break;
         };
@@ -355,7 +356,9 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<ReplaySummary> {
         };
         tracing::debug!(due, frame_pts = frame.pts_ns, "replay: frame for the next event");
         // Every prompt due by now takes this frame (the nearest to its time).
-        while let Some(p) = prompts.get(next).filter(|p| p.pts_ns.unwrap_or(0) + base <= due.max(frame.pts_ns) + tol / 10) {
+        while let Some(p) =
+            prompts.get(next).filter(|p| p.pts_ns.unwrap_or(0) + base <= due.max(frame.pts_ns) + tol / 10)
+        {
             let o = engine.handle_prompt(p, &frame, tel.as_ref(), Instant::now());
             record(o, &p.id.clone(), &mut errors);
             next += 1;
@@ -397,7 +400,8 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<ReplaySummary> {
         }
         serde_json::json!({"n": v.len(), "p50": pct(&v, 0.5), "p95": pct(&v, 0.95), "max": v[v.len() - 1]})
     };
-    let model_ms: f64 = outcomes.iter().map(|o| o.localisation.times.reference_ms + o.localisation.times.query_ms).sum();
+    let model_ms: f64 =
+        outcomes.iter().map(|o| o.localisation.times.reference_ms + o.localisation.times.query_ms).sum();
     let total_ms: f64 = outcomes.iter().map(|o| o.target.properties.latency_ms).sum();
     let bench = serde_json::json!({
         "latency_ms_uncached": split(false),
@@ -408,7 +412,9 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<ReplaySummary> {
         "frames_decoded": frames,
         "device": crate::device::describe(engine.localiser().device()),
     });
-    let (geo, rows) = if truth.is_empty() { (None, Vec::new()) } else {
+    let (geo, rows) = if truth.is_empty() {
+        (None, Vec::new())
+    } else {
         let (g, r) = geo_errors(&results, &truth);
         (Some(g), r)
     };

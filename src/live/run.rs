@@ -124,7 +124,9 @@ pub fn stream_worker(
                             _ => "none".into(),
                         };
                         let why = match p.pts_ns {
-                            Some(t) => format!("no frame within {} ms of pts {t} ns (held: {range})", s.frame_tolerance_ms),
+                            Some(t) => {
+                                format!("no frame within {} ms of pts {t} ns (held: {range})", s.frame_tolerance_ms)
+                            }
                             None => "no frame received yet".into(),
                         };
                         fail(&mut engine, Some(p.id.clone()), why);
@@ -211,7 +213,11 @@ pub fn stream_worker(
 }
 
 /// Run every stream of the config until a signal, `duration_s`, or `stop` is set.
-pub fn run_with_stop(cfg: &LiveConfig, duration_s: Option<f64>, stop: Arc<AtomicBool>) -> anyhow::Result<Vec<StreamReport>> {
+pub fn run_with_stop(
+    cfg: &LiveConfig,
+    duration_s: Option<f64>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Vec<StreamReport>> {
     if cfg.streams.is_empty() {
         anyhow::bail!("the config has no [[streams]]");
     }
@@ -263,10 +269,7 @@ pub fn run_with_stop(cfg: &LiveConfig, duration_s: Option<f64>, stop: Arc<Atomic
                     .expect("spawning a worker")
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked"))))
-            .collect()
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")))).collect()
     });
     let mut out = Vec::new();
     for ((p, _), r) in pubs.into_iter().zip(reports) {

@@ -216,8 +216,7 @@ fn run_over_udp_with_mosquitto_serves_prompts_and_survives_bad_ones() {
     assert!(seen.last().is_some_and(|m| is(m, "source", "playing")), "source never reached playing: {seen:?}");
     let prompt_client = targets.client.clone();
     let publish = |payload: &[u8]| {
-        rt.block_on(prompt_client.publish("smgeo/uav-e2e/prompts", QoS::AtLeastOnce, false, payload.to_vec()))
-            .unwrap()
+        rt.block_on(prompt_client.publish("smgeo/uav-e2e/prompts", QoS::AtLeastOnce, false, payload.to_vec())).unwrap()
     };
     // Two valid prompts (latest frame), one malformed, one outside the frame.
     publish(br#"{"id":"a","x":100,"y":90,"mode":"once"}"#);

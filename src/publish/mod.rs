@@ -20,8 +20,8 @@
 //! References: MQTT 3.1.1 (OASIS), RFC 7946 (GeoJSON, `[lon, lat]` in WGS84),
 //! RFC 3339 (timestamps), JSON Schema draft 2020-12.
 
-pub mod message;
 pub mod broker;
+pub mod message;
 pub mod mqtt;
 pub mod schema;
 mod session;
