@@ -4,4 +4,5 @@ mod common;
 mod golden_release;
 mod golden_swin;
 mod model_units;
+mod run_signal;
 mod train;
