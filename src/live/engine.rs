@@ -100,10 +100,15 @@ impl LatencyWindow {
     }
 }
 
+/// Nanoseconds → MPEG 90 kHz ticks (the timeline's PTS unit), without overflow.
+pub fn ns_to_ticks(ns: u64) -> u64 {
+    ns / 100_000 * 9 + (ns % 100_000) * 9 / 100_000
+}
+
 /// Telemetry state for a frame: by PTS when the KLV carries PTS (within half a second),
 /// else the latest sample (asynchronous KLV without PTS).
 pub fn telemetry_at(timeline: &Timeline, pts_ns: u64) -> Option<TelemetryState> {
-    let ticks = pts_ns / 100_000 * 9 + (pts_ns % 100_000) * 9 / 100_000;
+    let ticks = ns_to_ticks(pts_ns);
     timeline.nearest_pts(ticks, 45_000).or_else(|| timeline.latest()).map(|s| s.state.clone())
 }
 

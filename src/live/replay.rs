@@ -222,7 +222,7 @@ pub fn spawn_klv_drain(
             for unit in rx.iter() {
                 match crate::klv::st0601::decode_packet(&unit.data) {
                     Ok(p) => {
-                        let ticks = unit.pts_ns.map(|n| n / 100_000 * 9 + (n % 100_000) * 9 / 100_000);
+                        let ticks = unit.pts_ns.map(super::engine::ns_to_ticks);
                         timeline.lock().unwrap_or_else(|e| e.into_inner()).insert(ticks, &p);
                         c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -346,7 +346,7 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<ReplaySummary> {
         let deadline = Instant::now() + Duration::from_millis(300);
         let tel = loop {
             let tl = timeline.lock().unwrap_or_else(|e| e.into_inner());
-            let ticks = frame.pts_ns / 100_000 * 9;
+            let ticks = super::engine::ns_to_ticks(frame.pts_ns);
             let have = tl.nearest_pts(ticks, 45_000).is_some();
             if have || Instant::now() > deadline || ended(&source.state()) {
                 break telemetry_at(&tl, frame.pts_ns);
