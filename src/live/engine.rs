@@ -5,7 +5,7 @@
 //! Tracking (`mode: "track"`): the clicked ground point (the click through the KLV image
 //! corners of the prompt's frame) is re-projected into each later frame through the
 //! telemetry camera model (the plane homography of the KLV image corners, [`FrameGeo`])
-//! and localised again at `track.interval_ms` (without corners: the last result's point); the satellite features
+//! and localised again at `track.interval_ms` (without corners the click keeps its pixel); the satellite features
 //! of the chip come from the cache while the drone stays over it. A track ends when its
 //! point leaves the frame, after `track.max_s`, or when a new prompt reuses its id.
 
@@ -68,9 +68,10 @@ pub struct Outcome {
 #[derive(Debug, Clone)]
 struct Track {
     prompt: Prompt,
-    /// Last result on the ground.
+    /// The clicked point on the ground (the model's first result without KLV corners).
     ground: (f64, f64),
-    started_pts: u64,
+    /// Frame time the track has run, ns (summed over updates: robust to PTS jumps).
+    age_ns: u64,
     last_pts: u64,
 }
 
@@ -191,12 +192,7 @@ impl Engine {
                 .and_then(|s| FrameGeo::from_telemetry(s, frame.width as f64, frame.height as f64))
                 .and_then(|g| g.pixel_to_lonlat(prompt.x, prompt.y))
                 .unwrap_or((c.lon, c.lat));
-            self.tracks.push(Track {
-                prompt: prompt.clone(),
-                ground,
-                started_pts: frame.pts_ns,
-                last_pts: frame.pts_ns,
-            });
+            self.tracks.push(Track { prompt: prompt.clone(), ground, age_ns: 0, last_pts: frame.pts_ns });
         }
         Ok(out)
     }
@@ -217,38 +213,45 @@ impl Engine {
         // A quarter interval of slack: a frame just before the due time counts (replay
         // asks for the frame nearest to it).
         let due: Vec<usize> = (0..self.tracks.len())
-            .filter(|&i| frame.pts_ns + interval / 4 >= self.tracks[i].last_pts + interval)
+            // A PTS that went backwards (stream restart, discontinuity) makes a track due too.
+            .filter(|&i| {
+                let last = self.tracks[i].last_pts;
+                frame.pts_ns < last || frame.pts_ns + interval / 4 >= last + interval
+            })
             .collect();
         let mut results = Vec::new();
         let mut ended = Vec::new();
         for i in due {
             let t = self.tracks[i].clone();
             let end = |reason: String| PromptError::TrackEnded { id: t.prompt.id.clone(), reason };
-            if frame.pts_ns.saturating_sub(t.started_pts) > max_ns {
+            let elapsed = frame.pts_ns.saturating_sub(t.last_pts) + t.age_ns;
+            if elapsed > max_ns {
                 ended.push(i);
                 results.push(Err(end(format!("reached track.max_s = {} s", self.track_cfg.max_s))));
                 continue;
             }
             let geo = telemetry.and_then(|s| FrameGeo::from_telemetry(s, frame.width as f64, frame.height as f64));
-            let click = geo.and_then(|g| g.lonlat_to_pixel(t.ground.0, t.ground.1));
+            // Without KLV image corners there is no camera model: the click stays on its
+            // pixel (a steady camera, e.g. a fixed mast or a hovering drone).
+            let click = match &geo {
+                Some(g) => g.lonlat_to_pixel(t.ground.0, t.ground.1),
+                None => Some((t.prompt.x, t.prompt.y)),
+            };
             let Some(click) =
                 click.filter(|c| c.0 >= 0.0 && c.1 >= 0.0 && c.0 < frame.width as f64 && c.1 < frame.height as f64)
             else {
                 ended.push(i);
-                let why = if geo.is_none() { "no KLV image corners to follow it" } else { "the object left the view" };
-                results.push(Err(end(why.to_string())));
+                results.push(Err(end("the object left the view".to_string())));
                 continue;
             };
             match self.localise(&t.prompt, click, frame, telemetry, Instant::now()) {
                 Ok(out) => {
-                    if geo.is_none() {
-                        let c = out.target.geometry.coordinates;
-                        self.tracks[i].ground = (c.lon, c.lat);
-                    }
+                    self.tracks[i].age_ns = elapsed;
                     self.tracks[i].last_pts = frame.pts_ns;
                     results.push(Ok(out));
                 }
                 Err(e) => {
+                    self.tracks[i].age_ns = elapsed;
                     self.tracks[i].last_pts = frame.pts_ns;
                     results.push(Err(e));
                 }
