@@ -1,4 +1,4 @@
-//! `smgeo run` as a process: a test-pattern source, a real mosquitto, a prompt answered
+//! `smgeo run` as a process: two test-pattern streams, a real mosquitto, a prompt per stream answered
 //! from the configured area (no KLV), then SIGTERM: the process drains, publishes
 //! `offline` on its retained status and exits 0.
 
@@ -44,7 +44,7 @@ fn wait_line(rx: &mpsc::Receiver<String>, secs: u64, pred: impl Fn(&str) -> bool
 }
 
 #[test]
-fn run_serves_a_prompt_then_drains_on_sigterm() {
+fn run_serves_two_streams_then_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let scene = smgeo()
@@ -103,12 +103,16 @@ spool_dir = "spool"
 id = "sig"
 source = {{ kind = "test", width = 320, height = 180, fps = 10, live = true }}
 fallback_centre = [{lon}, {lat}]
+[[streams]]
+id = "sig2"
+source = {{ kind = "test", width = 256, height = 256, fps = 5, live = true }}
+fallback_centre = [{lon}, {lat}]
 "#
     );
     std::fs::write(d.join("live.toml"), cfg).unwrap();
     let mut sub = Killer(
         Command::new("mosquitto_sub")
-            .args(["-p", &port.to_string(), "-t", "smgeo/sig/#", "-v", "-q", "1"])
+            .args(["-p", &port.to_string(), "-t", "smgeo/+/#", "-v", "-q", "1"])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -120,16 +124,26 @@ fallback_centre = [{lon}, {lat}]
         wait_line(&rx, 120, |l| l.starts_with("smgeo/sig/status") && l.contains(r#""source":"playing""#)).is_some(),
         "status with a playing source"
     );
-    let prompt = r#"{"id":"s1","x":160,"y":90,"mode":"once"}"#;
-    let st = Command::new("mosquitto_pub")
-        .args(["-p", &port.to_string(), "-t", "smgeo/sig/prompts", "-q", "1", "-m", prompt])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let target = wait_line(&rx, 60, |l| l.starts_with("smgeo/sig/targets")).expect("a target for the prompt");
-    let v: serde_json::Value = serde_json::from_str(target.split_once(' ').unwrap().1).unwrap();
-    assert_eq!(v["properties"]["prompt_id"], "s1");
-    assert!(v["properties"].get("telemetry").is_none(), "no KLV, no telemetry context");
+    assert!(
+        wait_line(&rx, 120, |l| l.starts_with("smgeo/sig2/status") && l.contains(r#""source":"playing""#)).is_some(),
+        "second stream playing"
+    );
+    // One prompt per stream, in one process: each answered on its own topic.
+    for (stream, id) in [("sig", "s1"), ("sig2", "s2")] {
+        let prompt = format!(r#"{{"id":"{id}","x":100,"y":90,"mode":"once"}}"#);
+        let topic = format!("smgeo/{stream}/prompts");
+        let st = Command::new("mosquitto_pub")
+            .args(["-p", &port.to_string(), "-t", &topic, "-q", "1", "-m", &prompt])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let want = format!("smgeo/{stream}/targets");
+        let target = wait_line(&rx, 60, |l| l.starts_with(&want)).expect("a target for the prompt");
+        let v: serde_json::Value = serde_json::from_str(target.split_once(' ').unwrap().1).unwrap();
+        assert_eq!(v["properties"]["prompt_id"], id);
+        assert_eq!(v["properties"]["stream"], stream);
+        assert!(v["properties"].get("telemetry").is_none(), "no KLV, no telemetry context");
+    }
     let pid = run.0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let end = Instant::now() + Duration::from_secs(30);
@@ -141,8 +155,13 @@ fallback_centre = [{lon}, {lat}]
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(code.success(), "exit status {code}");
-    assert!(
-        wait_line(&rx, 10, |l| l.starts_with("smgeo/sig/status") && l.contains(r#""state":"offline""#)).is_some(),
-        "offline status after SIGTERM"
-    );
+    // Both streams announce offline on their retained status.
+    let offline = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    wait_line(&rx, 10, |l| {
+        if l.contains(r#""state":"offline""#) {
+            offline.borrow_mut().insert(l.split('/').nth(1).unwrap_or("").to_string());
+        }
+        offline.borrow().len() == 2
+    });
+    assert_eq!(offline.into_inner().into_iter().collect::<Vec<_>>(), ["sig", "sig2"], "offline status after SIGTERM");
 }
