@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PKGS=(libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
+  libgstrtspserver-1.0-dev gstreamer1.0-rtsp
   libgdal-dev gdal-bin mosquitto mosquitto-clients pkg-config libclang-dev)
 
 log() { printf '[setup] %s\n' "$*" >&2; }

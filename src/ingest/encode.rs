@@ -89,7 +89,30 @@ pub fn stream_ts_udp(
     realtime: bool,
     ctl: Option<&StreamControl>,
 ) -> Result<EncodeStats> {
-    let sink = format!("udpsink host={host} port={port} sync=false async=false");
+    stream_ts_udp_via(host, port, None, frames, fps, klv, realtime, ctl)
+}
+
+/// [`stream_ts_udp`] with the outgoing interface for multicast (`iface`, e.g. `lo`
+/// or `eth0`; `host` is then the group, e.g. `239.255.0.1`). TTL 1: the stream
+/// stays on the local link.
+#[allow(clippy::too_many_arguments)]
+pub fn stream_ts_udp_via(
+    host: &str,
+    port: u16,
+    iface: Option<&str>,
+    frames: impl IntoIterator<Item = RgbFrame>,
+    fps: u32,
+    klv: Option<impl IntoIterator<Item = (u64, Vec<u8>)>>,
+    realtime: bool,
+    ctl: Option<&StreamControl>,
+) -> Result<EncodeStats> {
+    let mut sink = format!("udpsink host={host} port={port} sync=false async=false");
+    if let Some(i) = iface {
+        if i.is_empty() || !i.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(IngestError::Input { what: NAME.into(), message: format!("bad interface name {i:?}") });
+        }
+        sink.push_str(&format!(" multicast-iface={i} ttl-mc=1 loop=true"));
+    }
     encode(&sink, "alignment=7", frames, fps, klv, realtime, ctl)
 }
 

@@ -24,14 +24,18 @@ pub mod bench;
 pub mod encode;
 pub mod frames;
 pub mod pipeline;
+pub mod rtsp_serve;
 pub mod source;
 #[cfg(test)]
 mod tests;
 
 pub use bench::{bench_ingest, IngestBenchOptions};
-pub use encode::{no_klv, stream_file_udp, stream_ts_udp, write_ts, EncodeStats, RgbFrame, StreamControl};
+pub use encode::{
+    no_klv, stream_file_udp, stream_ts_udp, stream_ts_udp_via, write_ts, EncodeStats, RgbFrame, StreamControl,
+};
 pub use frames::{Frame, FrameRing, RingCounters};
 pub use pipeline::{Codec, SourceConfig, SourceKind};
+pub use rtsp_serve::{RtspMedia, RtspServer};
 pub use source::{KlvUnit, Source, SourceHandle, SourceState, SourceStats};
 
 /// Errors of the ingest stage, with the pipeline / element they come from.

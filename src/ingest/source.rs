@@ -8,8 +8,9 @@
 //! Source loss:
 //! * UDP: no frame for `stall_timeout` → `Stalled`; the pipeline is kept, since
 //!   udpsrc picks the stream up again when packets return (→ `Playing`).
-//! * RTSP, or an error on the bus of any network source: the pipeline is torn down
-//!   and rebuilt after an exponential backoff (`Reconnecting { attempt }`).
+//! * RTSP, or an error or EOS on the bus of any network source (a server that goes
+//!   away ends the session with EOS): the pipeline is torn down and rebuilt after an
+//!   exponential backoff (`Reconnecting { attempt }`).
 //! * Files and finite test patterns end in `Eos`; an error there is `Failed`.
 //!
 //! [`SourceHandle::stop`] (or drop) sets the pipeline to NULL and joins the thread.
@@ -359,6 +360,13 @@ impl Runner {
             }
             if let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(TICK.as_nanos() as u64)) {
                 match msg.view() {
+                    // A network source has no end: an RTSP server that goes away sends
+                    // EOS (TEARDOWN or closed connection), which is loss, not the end.
+                    gst::MessageView::Eos(_) if self.cfg.kind.is_network() => {
+                        return Outcome::Error(format!(
+                            "{name}: end of stream from the network source (server went away)"
+                        ))
+                    }
                     gst::MessageView::Eos(_) => return Outcome::Eos,
                     gst::MessageView::Error(_) => return Outcome::Error(bus_error(name, &msg).to_string()),
                     gst::MessageView::Warning(w) => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::bench::test_pattern;
-use super::encode::{no_klv, stream_ts_udp, write_ts, StreamControl};
+use super::encode::{no_klv, stream_ts_udp, stream_ts_udp_via, write_ts, StreamControl};
 use super::*;
 
 const LONG: Duration = Duration::from_secs(20);
@@ -234,4 +234,174 @@ fn udp_realtime_stream_carries_klv_with_frame_pts() {
         }
     }
     assert!(joined >= 3, "{joined} KLV units joined to frames");
+}
+
+/// Wait until the source has delivered `n` more frames than `before`.
+fn wait_frames(src: &SourceHandle, before: u64, n: u64) -> SourceStats {
+    let deadline = std::time::Instant::now() + LONG;
+    while src.stats().frames < before + n && std::time::Instant::now() < deadline {
+        let _ = src.frames().wait_newer(src.frames().latest().map(|f| f.seq), Duration::from_millis(200));
+    }
+    src.stats()
+}
+
+#[test]
+fn rtsp_server_goes_away_and_returns_source_recovers_unaided() {
+    let media = RtspMedia::TestPattern { width: 160, height: 120, fps: 30, h265: false };
+    let server = RtspServer::start("127.0.0.1", 0, "/live", &media).expect("rtsp server");
+    let port = server.port();
+    assert!(port > 0);
+    let mut cfg = SourceConfig::new(SourceKind::Rtsp { location: server.url(), latency_ms: 100, tcp: true });
+    cfg.codec = Codec::H264;
+    cfg.sync = false;
+    cfg.stall_timeout_ms = 1500;
+    cfg.backoff_initial_ms = 100;
+    cfg.backoff_max_ms = 400;
+    let src = Source::start(cfg).expect("start");
+    let playing = |s: &SourceState| *s == SourceState::Playing;
+    assert!(src.wait_state(LONG, playing).is_some(), "never Playing: {:?}", src.stats());
+    let st = wait_frames(&src, 0, 15);
+    assert!(st.frames >= 15, "{st:?}");
+    let f = src.frames().latest().expect("frame");
+    assert_eq!((f.width, f.height), (160, 120));
+    assert_eq!(server.clients(), 1);
+
+    // The server goes away: connection closed, then refused while it is down.
+    server.stop();
+    let lost = src.wait_state(LONG, |s| matches!(s, SourceState::Reconnecting { .. }));
+    assert!(lost.is_some(), "loss not reported: {:?}", src.stats());
+    std::thread::sleep(Duration::from_millis(1500));
+    let down = src.stats();
+    assert!(down.reconnects >= 2, "retries while the server is down: {down:?}");
+    assert_ne!(down.state, SourceState::Playing);
+    assert!(down.last_error.is_some(), "{down:?}");
+
+    // It comes back on the same port: the same handle plays again.
+    let server = RtspServer::start("127.0.0.1", port, "/live", &media).expect("rtsp server again");
+    assert!(src.wait_state(LONG, playing).is_some(), "no recovery: {:?}", src.stats());
+    let st = wait_frames(&src, down.frames, 15);
+    assert!(st.frames >= down.frames + 15, "frames after return: {st:?}");
+    assert_eq!(st.state, SourceState::Playing);
+    src.stop();
+    server.stop();
+}
+
+#[test]
+fn rtsp_serves_ts_file_and_source_plays_it_in_pts_order() {
+    let path = tmp_path("rtsp_ts");
+    write_ts(&path, (0u32..90).map(|i| test_pattern(128, 96, i)), 30, None::<Vec<(u64, Vec<u8>)>>).expect("write ts");
+    let server =
+        RtspServer::start("127.0.0.1", 0, "/flight", &RtspMedia::TsFile { path: path.clone() }).expect("rtsp server");
+    let mut cfg = SourceConfig::new(SourceKind::Rtsp { location: server.url(), latency_ms: 100, tcp: true });
+    cfg.codec = Codec::H264;
+    cfg.sync = false;
+    cfg.ring_capacity = 128;
+    let src = Source::start(cfg).expect("start");
+    assert!(src.wait_state(LONG, |s| *s == SourceState::Playing).is_some(), "{:?}", src.stats());
+    let st = wait_frames(&src, 0, 80);
+    let pts: Vec<u64> = src.frames().snapshot().iter().map(|f| f.pts_ns).collect();
+    src.stop();
+    server.stop();
+    let _ = std::fs::remove_file(&path);
+    assert!(st.frames >= 80, "{st:?}");
+    assert!(pts.windows(2).all(|w| w[0] < w[1]), "PTS not increasing: {pts:?}");
+    assert_eq!(st.klv_units, 0, "video-only media: {st:?}");
+}
+
+#[test]
+fn rtsp_server_rejects_bad_mount_and_missing_file() {
+    let e =
+        RtspServer::start("127.0.0.1", 0, "live", &RtspMedia::TestPattern { width: 8, height: 8, fps: 5, h265: false });
+    assert!(e.err().is_some_and(|e| e.to_string().contains("mount point")));
+    let missing = RtspMedia::TsFile { path: tmp_path("absent") };
+    let e = RtspServer::start("127.0.0.1", 0, "/x", &missing);
+    assert!(e.err().is_some_and(|e| e.to_string().contains("no such file")));
+}
+
+#[test]
+fn udp_multicast_on_loopback_joins_group_and_plays() {
+    let port = free_udp_port();
+    // A group in the organisation-local scope, unique per test process.
+    let group = format!("239.255.{}.{}", (std::process::id() >> 8) & 0xff, std::process::id() & 0xff | 1);
+    let kind = SourceKind::UdpTs { address: group.clone(), port, multicast_iface: Some("lo".into()) };
+    let mut cfg = SourceConfig::new(kind);
+    cfg.codec = Codec::H264;
+    cfg.sync = false;
+    let src = Source::start(cfg).expect("start receiver");
+    let klv: Vec<(u64, Vec<u8>)> = (0..4u8).map(|k| (u64::from(k) * 500_000_000, vec![0x06, 0x0E, k])).collect();
+    let frames = (0u32..60).map(|i| test_pattern(96, 64, i));
+    let sent = stream_ts_udp_via(&group, port, Some("lo"), frames, 30, Some(klv), true, None).expect("send");
+    assert_eq!(sent.frames, 60);
+    let st = wait_frames(&src, 0, 30);
+    let units = std::iter::from_fn(|| src.klv().recv_timeout(Duration::from_millis(500)).ok()).count();
+    src.stop();
+    assert!(st.frames >= 30, "multicast frames: {st:?}");
+    assert!(units >= 2, "multicast KLV units: {units}");
+    let bad = stream_ts_udp_via(&group, port, Some("lo; rm"), Vec::new(), 30, no_klv(), false, None);
+    assert!(bad.err().is_some_and(|e| e.to_string().contains("interface")));
+}
+
+/// Run a finite launch line (a test-file writer) to EOS.
+fn run_to_eos(text: &str) {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    super::init().expect("gst init");
+    let p = gst::parse::launch(text).expect("launch text");
+    p.set_state(gst::State::Playing).expect("PLAYING");
+    let bus = p.bus().expect("bus");
+    let msg =
+        bus.timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos, gst::MessageType::Error]);
+    let _ = p.set_state(gst::State::Null);
+    let kind = msg.as_ref().map(|m| m.type_());
+    assert_eq!(kind, Some(gst::MessageType::Eos), "{text}: {msg:?}");
+}
+
+#[test]
+fn h265_ts_and_h264_mp4_files_decode_in_pts_order() {
+    let ts = tmp_path("h265");
+    let mp4 = tmp_path("h264").with_extension("mp4");
+    let src = "videotestsrc num-buffers=30 ! video/x-raw,width=96,height=64,framerate=30/1";
+    run_to_eos(&format!(
+        "{src} ! x265enc speed-preset=ultrafast key-int-max=10 ! h265parse ! mpegtsmux ! filesink location={}",
+        ts.display()
+    ));
+    run_to_eos(&format!(
+        "{src} ! x264enc speed-preset=ultrafast key-int-max=10 ! h264parse ! mp4mux ! filesink location={}",
+        mp4.display()
+    ));
+    for (path, codec) in [(&ts, Codec::H265), (&ts, Codec::Auto), (&mp4, Codec::Auto)] {
+        let mut cfg = SourceConfig::new(SourceKind::File { path: path.clone() });
+        cfg.codec = codec;
+        cfg.sync = false;
+        cfg.ring_capacity = 64;
+        let src = Source::start(cfg).expect("start");
+        let end = src.wait_state(LONG, |s| matches!(s, SourceState::Eos | SourceState::Failed(_)));
+        assert_eq!(end, Some(SourceState::Eos), "{} {codec:?}: {:?}", path.display(), src.stats());
+        let frames = src.frames().snapshot();
+        src.stop();
+        assert_eq!(frames.len(), 30, "{} {codec:?}", path.display());
+        assert!(frames.iter().all(|f| (f.width, f.height) == (96, 64)));
+        assert!(frames.windows(2).all(|w| w[1].pts_ns > w[0].pts_ns), "PTS order");
+        let step = frames[1].pts_ns - frames[0].pts_ns;
+        assert!(step.abs_diff(33_333_333) < 1_000_000, "frame step {step} ns");
+    }
+    let _ = std::fs::remove_file(&ts);
+    let _ = std::fs::remove_file(&mp4);
+}
+
+#[test]
+fn rtsp_h265_stream_plays() {
+    let media = RtspMedia::TestPattern { width: 128, height: 96, fps: 15, h265: true };
+    let server = RtspServer::start("127.0.0.1", 0, "/hevc", &media).expect("rtsp server");
+    let mut cfg = SourceConfig::new(SourceKind::Rtsp { location: server.url(), latency_ms: 100, tcp: false });
+    cfg.codec = Codec::H265;
+    cfg.sync = false;
+    let src = Source::start(cfg).expect("start");
+    assert!(src.wait_state(LONG, |s| *s == SourceState::Playing).is_some(), "{:?}", src.stats());
+    let st = wait_frames(&src, 0, 10);
+    let f = src.frames().latest().expect("frame");
+    src.stop();
+    server.stop();
+    assert!(st.frames >= 10, "{st:?}");
+    assert_eq!((f.width, f.height), (128, 96));
 }
