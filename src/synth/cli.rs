@@ -312,10 +312,24 @@ pub struct StreamArgs {
     /// Flight folder written by `smgeo synth flight`.
     #[arg(long)]
     pub flight: PathBuf,
+    /// Destination (UDP: unicast host or multicast group) or, with --rtsp, the
+    /// address the RTSP server listens on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// UDP destination port, or the RTSP server's port with --rtsp.
     #[arg(long, default_value_t = 5600)]
     pub port: u16,
+    /// Outgoing interface for a multicast group given as --host (e.g. eth0, lo).
+    #[arg(long)]
+    pub multicast_iface: Option<String>,
+    /// Serve the flight's recording (flight.ts: H.264 + KLV) over RTSP at
+    /// rtsp://HOST:PORT/flight instead of sending UDP; each client plays it from the
+    /// start in real time. Runs until --duration-s or Ctrl-C.
+    #[arg(long)]
+    pub rtsp: bool,
+    /// With --rtsp: stop serving after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    pub duration_s: Option<f64>,
     /// Send as fast as frames render instead of at the flight's frame rate.
     #[arg(long)]
     pub fast: bool,
@@ -326,7 +340,37 @@ pub struct StreamArgs {
 #[cfg(all(feature = "geo", feature = "gst"))]
 pub fn run_stream(a: &StreamArgs) -> anyhow::Result<serde_json::Value> {
     let t0 = std::time::Instant::now();
-    let st = super::video::stream_flight_udp(&a.flight, &a.host, a.port, !a.fast, None, a.threads)?;
+    if a.rtsp {
+        return serve_rtsp(a);
+    }
+    let iface = a.multicast_iface.as_deref();
+    let st = super::video::stream_flight_udp(&a.flight, &a.host, a.port, iface, !a.fast, None, a.threads)?;
     Ok(serde_json::json!({"host": a.host, "port": a.port, "frames": st.frames, "klv_units": st.klv_units,
         "seconds": t0.elapsed().as_secs_f64()}))
+}
+
+#[cfg(all(feature = "geo", feature = "gst"))]
+fn serve_rtsp(a: &StreamArgs) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context as _;
+    let ts = a.flight.join("flight.ts");
+    let media = crate::ingest::RtspMedia::TsFile { path: ts.clone() };
+    let server = crate::ingest::RtspServer::start(&a.host, a.port, "/flight", &media)
+        .with_context(|| format!("serving {} over RTSP", ts.display()))?;
+    eprintln!("serving {} at {} (Ctrl-C to stop)", ts.display(), server.url());
+    let t0 = std::time::Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let limit = a.duration_s.map_or(std::time::Duration::MAX, std::time::Duration::from_secs_f64);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = tokio::time::sleep(limit.min(std::time::Duration::from_secs(1 << 40))) => {}
+        }
+        anyhow::Ok(())
+    })?;
+    let url = server.url();
+    server.stop();
+    Ok(serde_json::json!({"rtsp": url, "seconds": t0.elapsed().as_secs_f64()}))
 }

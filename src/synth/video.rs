@@ -67,7 +67,7 @@ use super::scene::{write_json, SceneConfig, SceneGeo, SceneInfo};
 use super::world::{Material, World};
 use super::{Result, SynthError};
 use crate::georef::LonLat;
-use crate::ingest::{stream_ts_udp, write_ts, EncodeStats, RgbFrame, StreamControl};
+use crate::ingest::{stream_ts_udp_via, write_ts, EncodeStats, RgbFrame, StreamControl};
 use crate::klv::st0601::{encode_packet, tag};
 use crate::klv::tags::{Tag, TagValue};
 
@@ -923,6 +923,7 @@ pub fn stream_flight_udp(
     dir: &Path,
     host: &str,
     port: u16,
+    multicast_iface: Option<&str>,
     realtime: bool,
     ctl: Option<&StreamControl>,
     threads: Option<usize>,
@@ -935,7 +936,7 @@ pub fn stream_flight_udp(
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4))
         .clamp(1, 16);
     let (r, _) = with_rendered_frames(&world, &info.drone_appearance, &info.cameras, info.fps, threads, |frames| {
-        stream_ts_udp(host, port, frames, info.fps, Some(klv), realtime, ctl)
+        stream_ts_udp_via(host, port, multicast_iface, frames, info.fps, Some(klv), realtime, ctl)
     });
     Ok(r?)
 }
@@ -1089,7 +1090,7 @@ mod tests {
         cfg.klv_capacity = 64;
         let src = Source::start(cfg).unwrap();
         std::thread::sleep(Duration::from_millis(500));
-        let st = stream_flight_udp(fd.path(), "127.0.0.1", port, true, None, Some(2)).unwrap();
+        let st = stream_flight_udp(fd.path(), "127.0.0.1", port, None, true, None, Some(2)).unwrap();
         assert_eq!((st.frames, st.klv_units), (11, 11));
         std::thread::sleep(Duration::from_millis(1500));
         let got = src.frames().snapshot();
