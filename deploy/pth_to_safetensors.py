@@ -5,7 +5,12 @@ Used by `smgeo weights import` for official SMGeo checkpoints and Swin-T ImageNe
 weights; all renaming/resizing happens in Rust. Needs a Python with torch (any 2.x).
 The state dict is taken from the top level or from the first of the keys
 'state_dict', 'model', 'module' that holds a dict of tensors. Non-tensor entries are
-skipped (and listed). Usage: pth_to_safetensors.py IN.pth OUT.safetensors
+skipped (and listed). Needs no numpy (bf16 works). Usage:
+  pth_to_safetensors.py IN.pth OUT.safetensors [--trust-pickle]
+The file is read with torch.load(weights_only=True), which refuses arbitrary pickled
+objects (e.g. an argparse.Namespace saved beside the weights). --trust-pickle reads
+such a file with weights_only=False: only for files from a source you trust, since
+unpickling can run code.
 """
 import json
 import struct
@@ -13,7 +18,9 @@ import sys
 
 
 def main() -> int:
-    if len(sys.argv) != 3:
+    args = [a for a in sys.argv[1:] if a != "--trust-pickle"]
+    trust = len(args) != len(sys.argv) - 1
+    if len(args) != 2:
         print(__doc__, file=sys.stderr)
         return 2
     try:
@@ -21,8 +28,13 @@ def main() -> int:
     except ImportError:
         print("pth_to_safetensors.py: this needs a Python with torch installed", file=sys.stderr)
         return 3
-    src, dst = sys.argv[1], sys.argv[2]
-    obj = torch.load(src, map_location="cpu", weights_only=True)
+    src, dst = args
+    try:
+        obj = torch.load(src, map_location="cpu", weights_only=not trust)
+    except Exception as e:  # noqa: BLE001 - report any load failure with its cause
+        hint = "" if trust else " (if the file is trusted and holds non-tensor objects, add --trust-pickle)"
+        print(f"{src}: torch.load failed: {e}{hint}", file=sys.stderr)
+        return 5
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -37,7 +49,8 @@ def main() -> int:
         if not torch.is_tensor(t) or t.dtype not in dtypes:
             skipped.append(name)
             continue
-        data = t.detach().contiguous().cpu().numpy().tobytes()
+        # clone(): a tensor of its own storage, exactly numel elements, no numpy
+        data = bytes(t.detach().cpu().contiguous().clone().untyped_storage())
         header[name] = {"dtype": dtypes[t.dtype], "shape": list(t.shape),
                         "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)

@@ -56,6 +56,13 @@ pub enum WeightsCmd {
         /// Window size of the target model (bias tables are resized to it).
         #[arg(long, default_value_t = 8)]
         window: i64,
+        /// `.pth` only: unpickle with torch.load(weights_only=False), for trusted files
+        /// that hold non-tensor objects beside the weights (unpickling can run code).
+        #[arg(long)]
+        trust_pickle: bool,
+        /// Python with torch for `.pth` inputs (default: python3; e.g. a venv's python).
+        #[arg(long, env = "SMGEO_PYTHON", default_value = "python3")]
+        python: String,
     },
     /// Write randomly initialised weights for a model (seeded), e.g. to try `predict`.
     Init {
@@ -96,7 +103,9 @@ pub enum ImportKind {
 pub fn run(cmd: &WeightsCmd) -> Result<()> {
     match cmd {
         WeightsCmd::Inspect { file, preset, config, keys } => inspect(file, *preset, config.as_deref(), *keys),
-        WeightsCmd::Import { from, input, out, window } => import(*from, input, out, *window),
+        WeightsCmd::Import { from, input, out, window, trust_pickle, python } => {
+            import(*from, input, out, *window, *trust_pickle, python)
+        }
         WeightsCmd::Init { model, seed, out } => {
             tch::manual_seed(*seed);
             let cfg = model.resolve()?;
@@ -246,16 +255,16 @@ fn inspect(file: &Path, preset: Option<Preset>, config: Option<&Path>, keys: boo
     Ok(())
 }
 
-fn import(kind: ImportKind, input: &Path, out: &Path, window: i64) -> Result<()> {
+fn import(kind: ImportKind, input: &Path, out: &Path, window: i64, trust_pickle: bool, python: &str) -> Result<()> {
     let file = if input.extension().is_some_and(|e| e == "pth" || e == "pt" || e == "bin") {
         let tmp = out.with_extension("raw.safetensors");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/pth_to_safetensors.py");
-        let st = std::process::Command::new("python3")
-            .arg(&script)
-            .arg(input)
-            .arg(&tmp)
-            .status()
-            .map_err(|e| Error::Io(format!("running {}: {e}", script.display())))?;
+        let mut cmd = std::process::Command::new(python);
+        cmd.arg(&script).arg(input).arg(&tmp);
+        if trust_pickle {
+            cmd.arg("--trust-pickle");
+        }
+        let st = cmd.status().map_err(|e| Error::Io(format!("running {}: {e}", script.display())))?;
         if !st.success() {
             return Err(Error::Usage(format!(
                 "{} failed on {} (it needs a Python with torch; or convert the file yourself to safetensors)",

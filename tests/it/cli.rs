@@ -163,3 +163,96 @@ fn predict_on_a_geotiff_prints_wgs84() {
     assert!((11.5629..11.5648).contains(&c[0]) && (48.1788..48.18005).contains(&c[1]), "{c:?}");
     assert_eq!(v["wgs84"]["footprint"].as_array().unwrap().len(), 5);
 }
+
+/// A Python with torch: `SMGEO_PYTHON` (e.g. a venv's python) or `python3`.
+fn torch_python() -> Option<String> {
+    let py = std::env::var("SMGEO_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py).args(["-c", "import torch"]).output().is_ok_and(|o| o.status.success());
+    ok.then_some(py)
+}
+
+#[test]
+fn import_pth_written_by_torch_save_matches_safetensors_import() {
+    let Some(py) = torch_python() else {
+        println!("no Python with torch (set SMGEO_PYTHON): .pth import check skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // torch.save of the golden tiny weights as a DataParallel checkpoint the way
+    // training scripts write them: {"epoch", "best_accu", "state_dict": {"module.…"}};
+    // one copy in bfloat16, one with an argparse.Namespace beside the weights.
+    let script = r#"
+import argparse, json, struct, sys, torch
+src, out = sys.argv[1], sys.argv[2]
+raw = open(src, "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+dt = {"F32": torch.float32, "I64": torch.int64}
+sd = {}
+for k, v in hdr.items():
+    if k == "__metadata__":
+        continue
+    a, b = v["data_offsets"]
+    t = torch.frombuffer(bytearray(raw[8 + n + a:8 + n + b]), dtype=dt[v["dtype"]]).reshape(v["shape"])
+    sd["module." + k] = t
+torch.save({"epoch": 7, "best_accu": 0.5, "state_dict": sd}, out + "/dp.pth")
+bf = {k: (t.to(torch.bfloat16) if t.is_floating_point() else t) for k, t in sd.items()}
+torch.save({"state_dict": bf}, out + "/bf16.pth")
+torch.save({"args": argparse.Namespace(lr=1e-4), "state_dict": sd}, out + "/ns.pth")
+"#;
+    let o = Command::new(&py)
+        .arg("-c")
+        .arg(script)
+        .arg(fixture("golden/tiny_weights.safetensors"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let import = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(format!("{name}.safetensors"));
+        let o = smgeo()
+            .args(["weights", "import", "--from", "smgeo", "--python", &py])
+            .arg(dir.path().join(format!("{name}.pth")))
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned(), out)
+    };
+    let reference = dir.path().join("ref.safetensors");
+    let st = smgeo()
+        .args(["weights", "import", "--from", "smgeo"])
+        .arg(fixture("golden/tiny_weights.safetensors"))
+        .arg("--out")
+        .arg(&reference)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let want = smgeo::model::weights::read_safetensors(&reference).unwrap();
+
+    let (ok, err, out) = import("dp", &[]);
+    assert!(ok, "{err}");
+    let got = smgeo::model::weights::read_safetensors(&out).unwrap();
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    for (k, t) in &want {
+        assert!(got[k].equal(t), "{k} differs after .pth import");
+    }
+
+    let (ok, err, out) = import("bf16", &[]);
+    assert!(ok, "{err}");
+    let got = smgeo::model::weights::read_safetensors(&out).unwrap();
+    for (k, t) in &want {
+        let g = got[k].to_kind(t.kind());
+        let bound = t.abs() * 2f64.powi(-8) + 1e-30;
+        let within = (&g - t).abs().le_tensor(&bound).all().int64_value(&[]) == 1;
+        assert!(within, "{k}: bf16 import beyond bf16 rounding");
+    }
+
+    // A Namespace in the pickle: refused by default (weights_only), read with the flag.
+    let (ok, err, _) = import("ns", &[]);
+    assert!(!ok && err.contains("--trust-pickle"), "{err}");
+    let (ok, err, out) = import("ns", &["--trust-pickle"]);
+    assert!(ok, "{err}");
+    assert_eq!(smgeo::model::weights::read_safetensors(&out).unwrap().len(), want.len());
+}
