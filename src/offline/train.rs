@@ -54,7 +54,8 @@ pub struct TrainConfig {
     /// Stop after this many minutes of training wall time in this run (a CPU budget
     /// for comparisons); 0 = no limit. Validation time is not counted.
     pub max_minutes: f64,
-    /// Use at most this many training / validation samples (0 = all).
+    /// Use only the first this many training / validation samples (0 = all); the
+    /// training subset is the same every epoch.
     pub limit_train: usize,
     pub limit_val: usize,
     /// Save `last/` every this many steps (and at every epoch end); 0 = epoch ends only.
@@ -146,19 +147,26 @@ pub fn lr_at(cfg: &TrainConfig, epoch_f: f64) -> f64 {
     min + (base - min) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
 }
 
+/// No decay on norms, biases, bias tables and 1-D parameters.
+pub fn decays(name: &str, t: &Tensor) -> bool {
+    !(t.dim() <= 1 || name.contains("norm") || name.ends_with("bias_table") || name.ends_with(".bias"))
+}
+
 /// AdamW with decoupled weight decay, state kept per parameter name.
+///
+/// Gradients come from [`AdamW::gradients`] (autograd to the parameters, nothing
+/// accumulated in `.grad`): a parameter the loss does not reach in a step (an expert no
+/// cell selected) has no gradient and is left alone — moments, weight decay and its own
+/// step count untouched — as PyTorch's AdamW after `zero_grad(set_to_none=True)`.
 pub struct AdamW {
     params: Vec<(String, Tensor, bool)>,
     m: BTreeMap<String, Tensor>,
     v: BTreeMap<String, Tensor>,
+    /// Updates applied to each parameter (its bias-correction step).
+    t: BTreeMap<String, i64>,
     pub step: i64,
     betas: (f64, f64),
     eps: f64,
-}
-
-/// No decay on norms, biases, bias tables and 1-D parameters.
-pub fn decays(name: &str, t: &Tensor) -> bool {
-    !(t.dim() <= 1 || name.contains("norm") || name.ends_with("bias_table") || name.ends_with(".bias"))
 }
 
 impl AdamW {
@@ -175,53 +183,49 @@ impl AdamW {
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let m = params.iter().map(|(k, t, _)| (k.clone(), t.zeros_like())).collect();
         let v = params.iter().map(|(k, t, _)| (k.clone(), t.zeros_like())).collect();
-        AdamW { params, m, v, step: 0, betas: (0.9, 0.999), eps: 1e-8 }
+        let t = params.iter().map(|(k, _, _)| (k.clone(), 0)).collect();
+        AdamW { params, m, v, t, step: 0, betas: (0.9, 0.999), eps: 1e-8 }
     }
 
-    pub fn zero_grad(&mut self) {
-        for (_, p, _) in &mut self.params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+    /// d loss / d parameter, in parameter order; undefined where the loss does not
+    /// depend on the parameter in this step.
+    pub fn gradients(&self, loss: &Tensor) -> Result<Vec<Tensor>> {
+        let inputs: Vec<&Tensor> = self.params.iter().map(|(_, p, _)| p).collect();
+        Tensor::f_run_backward(&[loss], &inputs, false, false)
+            .map_err(|e| OfflineError::Config(format!("backward pass failed: {e}")))
     }
 
-    /// Clip the global gradient norm to `max` (0 = off); returns the norm before.
-    pub fn clip_grad_norm(&self, max: f64) -> f64 {
-        let norms: Vec<Tensor> =
-            self.params.iter().map(|(_, p, _)| p.grad()).filter(|g| g.defined()).map(|g| g.norm().square()).collect();
+    /// Clip the global norm of `grads` to `max` (0 = off); returns the norm before.
+    pub fn clip_grad_norm(grads: &mut [Tensor], max: f64) -> f64 {
+        let norms: Vec<Tensor> = grads.iter().filter(|g| g.defined()).map(|g| g.norm().square()).collect();
         if norms.is_empty() {
             return 0.0;
         }
         let total = Tensor::stack(&norms, 0).sum(Kind::Float).sqrt().double_value(&[]);
         if max > 0.0 && total > max {
             let s = max / (total + 1e-6);
-            tch::no_grad(|| {
-                for (_, p, _) in &self.params {
-                    let mut g = p.grad();
-                    if g.defined() {
-                        let _ = g.g_mul_scalar_(s);
-                    }
-                }
-            });
+            for g in grads.iter_mut().filter(|g| g.defined()) {
+                let _ = g.g_mul_scalar_(s);
+            }
         }
         total
     }
 
-    pub fn step(&mut self, lr: f64, wd: f64) {
+    pub fn step(&mut self, grads: &[Tensor], lr: f64, wd: f64) {
+        assert_eq!(grads.len(), self.params.len(), "one gradient per parameter");
         self.step += 1;
         let (b1, b2) = self.betas;
-        let bc1 = 1.0 - b1.powi(self.step as i32);
-        let bc2 = 1.0 - b2.powi(self.step as i32);
         tch::no_grad(|| {
-            for (k, p, decay) in &mut self.params {
-                let g = p.grad();
+            for ((k, p, decay), g) in self.params.iter_mut().zip(grads) {
                 if !g.defined() {
                     continue;
                 }
+                let t = self.t.get_mut(k).expect("state for every param");
+                *t += 1;
+                let bc1 = 1.0 - b1.powi(*t as i32);
+                let bc2 = 1.0 - b2.powi(*t as i32);
                 let m = self.m.get_mut(k).expect("state for every param");
-                let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
+                let _ = m.g_mul_scalar_(b1).g_add_(&(g * (1.0 - b1)));
                 let v = self.v.get_mut(k).expect("state for every param");
                 let _ = v.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
                 if *decay && wd > 0.0 {
@@ -241,9 +245,14 @@ impl AdamW {
         for (k, t) in &self.v {
             s.insert(format!("v.{k}"), t.shallow_clone());
         }
+        for (k, n) in &self.t {
+            s.insert(format!("t.{k}"), Tensor::from(*n));
+        }
         s
     }
 
+    /// Restore moments and per-parameter steps; checkpoints written before per-parameter
+    /// steps existed (no `t.*` keys) use the global `step` for every parameter.
     pub fn load_state(&mut self, st: &BTreeMap<String, Tensor>, step: i64) -> Result<()> {
         for (pre, map) in [("m.", &mut self.m), ("v.", &mut self.v)] {
             for (k, t) in map.iter_mut() {
@@ -258,6 +267,15 @@ impl AdamW {
                 }
                 tch::no_grad(|| t.copy_(&src.to_device(t.device())));
             }
+        }
+        for (k, n) in self.t.iter_mut() {
+            *n = match st.get(&format!("t.{k}")) {
+                Some(x) if x.numel() == 1 => x.int64_value(&[]),
+                Some(x) => {
+                    return Err(OfflineError::Checkpoint(format!("optimiser state t.{k} has shape {:?}", x.size())))
+                }
+                None => step,
+            };
         }
         self.step = step;
         Ok(())
@@ -278,6 +296,9 @@ pub struct TrainState {
     pub train_config: TrainConfig,
     pub model_config: ModelConfig,
     pub history: Vec<serde_json::Value>,
+    /// Loss sum and step count of the unfinished `epoch` (its mean survives a resume).
+    #[serde(default)]
+    pub epoch_loss: (f64, usize),
 }
 
 #[derive(Debug)]
@@ -383,6 +404,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             train_config: cfg.clone(),
             model_config: mcfg.clone(),
             history: vec![],
+            epoch_loss: (0.0, 0),
         }
     };
     let n_train = if cfg.limit_train > 0 { cfg.limit_train.min(train_ds.len()) } else { train_ds.len() };
@@ -406,11 +428,10 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
     let mut stop = false;
     while state.epoch < cfg.epochs && !stop {
         let epoch = state.epoch;
-        let mut order: Vec<usize> = (0..train_ds.len()).collect();
+        // `limit_train` keeps the same first samples every epoch (a fixed subset).
+        let mut order: Vec<usize> = (0..n_train).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-        order.truncate(n_train);
-        let mut sum_loss = 0.0;
-        let mut n_loss = 0usize;
+        let (mut sum_loss, mut n_loss) = if state.batch_in_epoch > 0 { state.epoch_loss } else { (0.0, 0) };
         for b in state.batch_in_epoch..batches_per_epoch {
             let t_step = Instant::now();
             let idx = &order[b * cfg.batch..((b + 1) * cfg.batch).min(n_train)];
@@ -447,10 +468,10 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             let tg = loss::build_targets(&batch.boxes, sat_hw, (hs[2], hs[3])).to_device(dev);
             let bal = if mcfg.balance_entropy { out.entropy.shallow_clone() } else { out.entropy.zeros_like() };
             let lp = loss::paper_loss(&out.heatmap, &out.bbox, &tg, &bal, cfg.lambdas);
-            opt.zero_grad();
-            lp.total.backward();
-            let gnorm = opt.clip_grad_norm(cfg.clip_grad_norm);
-            opt.step(lr, cfg.weight_decay);
+            let mut grads = opt.gradients(&lp.total)?;
+            let gnorm = AdamW::clip_grad_norm(&mut grads, cfg.clip_grad_norm);
+            opt.step(&grads, lr, cfg.weight_decay);
+            drop(grads);
             let l = lp.total.double_value(&[]);
             if !l.is_finite() {
                 return Err(OfflineError::Config(format!("loss became {l} at step {}", state.global_step)));
@@ -461,6 +482,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             last_loss = l;
             sum_loss += l;
             n_loss += 1;
+            state.epoch_loss = (sum_loss, n_loss);
             seen += samples.len();
             state.global_step += 1;
             state.batch_in_epoch = b + 1;
@@ -550,5 +572,38 @@ mod tests {
         assert!(!decays("backbone.stages.0.blocks.0.attn.relative_position_bias_table", &w));
         assert!(!decays("backbone.stages.0.blocks.0.norm1.weight", &b));
         assert!(!decays("head.conv.0.bias", &b));
+    }
+
+    #[test]
+    fn adamw_leaves_parameters_without_gradient_alone() {
+        let vs = VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let a = root.var_copy("a", &Tensor::from_slice(&[1f32, -2.0]));
+        let w = root.var_copy("w", &Tensor::ones([2, 2], (Kind::Float, Device::Cpu)));
+        let mut opt = AdamW::new(&vs);
+        let (lr, wd) = (0.1, 0.5);
+        // Step 1 reaches only `a` (1-D: no decay): Adam's first step is lr·sign(g).
+        let loss = (&a * Tensor::from_slice(&[3f32, -1.0])).sum(Kind::Float);
+        let mut g = opt.gradients(&loss).unwrap();
+        assert!(g[0].defined() && !g[1].defined(), "w takes no part in step 1");
+        assert!((AdamW::clip_grad_norm(&mut g, 0.0) - 10f64.sqrt()).abs() < 1e-6);
+        opt.step(&g, lr, wd);
+        let got: Vec<f32> = Vec::try_from(&a).unwrap();
+        assert!((got[0] - 0.9).abs() < 1e-6 && (got[1] + 1.9).abs() < 1e-6, "{got:?}");
+        assert!(w.equal(&Tensor::ones([2, 2], (Kind::Float, Device::Cpu))), "no gradient: no decay, no update");
+        // Step 2 reaches `w` for the first time: its own first step (bias correction
+        // with t = 1), after decoupled decay: 1·(1 − lr·wd) − lr = 0.85.
+        let loss = w.sum(Kind::Float) * 2.0 + (&a * &a).sum(Kind::Float);
+        let g = opt.gradients(&loss).unwrap();
+        opt.step(&g, lr, wd);
+        let got: Vec<f32> = Vec::try_from(w.flatten(0, -1)).unwrap();
+        assert!(got.iter().all(|x| (x - 0.85).abs() < 1e-6), "{got:?}");
+        // The per-parameter steps survive a checkpoint round trip.
+        let st = opt.state();
+        assert_eq!(st["t.a"].int64_value(&[]), 2);
+        assert_eq!(st["t.w"].int64_value(&[]), 1);
+        let mut other = AdamW::new(&vs);
+        other.load_state(&st, 2).unwrap();
+        assert_eq!(other.t, opt.t);
     }
 }

@@ -33,3 +33,11 @@ pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, atol: f64, rtol: f6
     );
     ratio
 }
+
+/// libtorch's default generator is one per process: tests that seed it, draw from it or
+/// build models (random init) hold this lock so that a seeded run stays reproducible
+/// while other tests of this binary run in parallel.
+pub fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

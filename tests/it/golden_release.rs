@@ -52,6 +52,7 @@ fn compare(train: bool) -> usize {
 
 #[test]
 fn release_eval_forward_matches_official_code() {
+    let _rng = crate::common::torch_rng();
     let n = compare(false);
     // every inter/moe/out/decode/target/loss tensor of the golden file was compared
     assert_eq!(n, 60, "every comparable golden tensor (91 minus inputs, metric, aux_fusion, vis variant, train-mode and multi-GPU totals)");
@@ -59,12 +60,14 @@ fn release_eval_forward_matches_official_code() {
 
 #[test]
 fn release_train_forward_matches_official_code() {
+    let _rng = crate::common::torch_rng();
     let n = compare(true);
     assert!(n >= 10, "only {n} tensors compared");
 }
 
 #[test]
 fn query_is_ignored_by_release_but_not_by_paper() {
+    let _rng = crate::common::torch_rng();
     let io = load("golden/tiny_io.safetensors");
     let (_vs, m) = tiny_model(false);
     let q2 = io["input.query"].randn_like();
@@ -87,6 +90,7 @@ fn query_is_ignored_by_release_but_not_by_paper() {
 
 #[test]
 fn wrong_weights_are_clear_errors() {
+    let _rng = crate::common::torch_rng();
     let cfg = ModelConfig::from_file(&fixture("golden/tiny_config.json")).unwrap();
     // paper-preset model with the release file: bias tables missing etc.
     let mut paper = cfg.clone();
@@ -115,6 +119,7 @@ fn wrong_weights_are_clear_errors() {
 
 #[test]
 fn parameter_counts_match_the_references() {
+    let _rng = crate::common::torch_rng();
     let (vs, _) = build(&ModelConfig::release(), Device::Cpu).unwrap();
     assert_eq!(smgeo::model::count_params(&vs), 53_499_439);
     let (vs, _) = build(&ModelConfig::paper(), Device::Cpu).unwrap();

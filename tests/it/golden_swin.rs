@@ -67,16 +67,19 @@ fn run(prefix: &str, io_file: &str) {
 
 #[test]
 fn swin_run_a_matches_timm() {
+    let _rng = crate::common::torch_rng();
     run("a", "golden/swin_tiny_io.safetensors");
 }
 
 #[test]
 fn swin_run_b_padded_matches_timm() {
+    let _rng = crate::common::torch_rng();
     run("b", "golden/swin_tiny_io_pad.safetensors");
 }
 
 #[test]
 fn masks_and_index_match_timm_exactly() {
+    let _rng = crate::common::torch_rng();
     let a = load("golden/swin_tiny_io.safetensors");
     let b = load("golden/swin_tiny_io_pad.safetensors");
     let idx = Tensor::from_slice(&relative_position_index(4, 4, 4)).view([16, 16]);
@@ -98,6 +101,7 @@ fn masks_and_index_match_timm_exactly() {
 
 #[test]
 fn bias_table_resize_7_to_8_matches_timm() {
+    let _rng = crate::common::torch_rng();
     let a = load("golden/swin_tiny_io.safetensors");
     let got = weights::resize_bias_table(&a["resize.table_w7"], 8).unwrap();
     assert_close("table_w8_timm", &got, &a["resize.table_w8_timm"], 1e-5, 1e-5);
@@ -105,6 +109,7 @@ fn bias_table_resize_7_to_8_matches_timm() {
 
 #[test]
 fn microsoft_layout_imports_like_timm() {
+    let _rng = crate::common::torch_rng();
     // rewrite the timm golden weights in the Microsoft classification layout
     // (downsample at the end of the previous stage, `head.*`, persistent index/mask
     // buffers) and check both imports give the same tensors

@@ -19,6 +19,7 @@ fn gate_identity(vs: &VarStore, c: i64) -> (MoeGate, ExpertPool) {
 
 #[test]
 fn grid_routing_uses_cell_means_of_valid_tokens() {
+    let _rng = crate::common::torch_rng();
     tch::manual_seed(1);
     let vs = VarStore::new(Device::Cpu);
     let (g, pool) = gate_identity(&vs, 6);
@@ -34,6 +35,7 @@ fn grid_routing_uses_cell_means_of_valid_tokens() {
 
 #[test]
 fn sparse_dispatch_equals_dense_weighting() {
+    let _rng = crate::common::torch_rng();
     tch::manual_seed(2);
     let vs = VarStore::new(Device::Cpu);
     let (g, pool) = gate_identity(&vs, 6);
@@ -71,6 +73,7 @@ fn sparse_dispatch_equals_dense_weighting() {
 
 #[test]
 fn fusion_matches_hand_computation() {
+    let _rng = crate::common::torch_rng();
     let vs = VarStore::new(Device::Cpu);
     let f = Fusion::new(&vs.root(), 2, QueryPool::Mean, 1.0);
     // LN of a 2-vector (a, b) with a > b is (1, −1) (up to eps); q=(3, 1) → (1, −1)
@@ -93,6 +96,7 @@ fn fusion_matches_hand_computation() {
 
 #[test]
 fn entropy_terms() {
+    let _rng = crate::common::torch_rng();
     let mk = |p: Tensor| MoeCall {
         name: "t".into(),
         stage: 1,
@@ -114,6 +118,7 @@ fn entropy_terms() {
 
 #[test]
 fn bad_inputs_are_errors_not_panics() {
+    let _rng = crate::common::torch_rng();
     let mut cfg = ModelConfig::paper();
     cfg.embed_dim = 8;
     cfg.num_heads = vec![2, 2, 4, 4];
@@ -137,6 +142,7 @@ fn bad_inputs_are_errors_not_panics() {
 
 #[test]
 fn paper_preset_trains_one_step_with_gradients_everywhere() {
+    let _rng = crate::common::torch_rng();
     let mut cfg = ModelConfig::paper();
     cfg.embed_dim = 8;
     cfg.num_heads = vec![2, 2, 4, 4];
@@ -175,6 +181,7 @@ fn paper_preset_trains_one_step_with_gradients_everywhere() {
 
 #[test]
 fn fused_attention_path_equals_traced_path() {
+    let _rng = crate::common::torch_rng();
     // the trace-off forward uses SDPA with bias+mask folded into one additive mask;
     // the traced path is the explicit one the golden tests check
     let mut cfg = ModelConfig::paper();

@@ -78,6 +78,7 @@ fn tiny_config(max_steps: usize) -> TrainConfig {
 
 #[test]
 fn loss_falls_and_resume_is_exact() {
+    let _rng = crate::common::torch_rng();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data, 4, "train");
@@ -100,6 +101,11 @@ fn loss_falls_and_resume_is_exact() {
     assert_eq!(half.steps, 4);
     let resumed = run("b", 8, true);
     assert_eq!(resumed.steps, 8);
+    let history = |r: &str| -> serde_json::Value {
+        let s = std::fs::read_to_string(dir.path().join(r).join("last/state.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&s).unwrap()["history"].clone()
+    };
+    assert_eq!(history("a"), history("b"), "per-epoch losses and validation differ after resume");
     let wa = smgeo::model::weights::read_safetensors(&dir.path().join("a/last/weights.safetensors")).unwrap();
     let wb = smgeo::model::weights::read_safetensors(&dir.path().join("b/last/weights.safetensors")).unwrap();
     assert_eq!(wa.len(), wb.len());
@@ -136,4 +142,22 @@ fn loss_falls_and_resume_is_exact() {
     let md = std::fs::read_to_string(dir.path().join("report/report.md")).unwrap();
     assert!(md.contains("acc@0.5") && md.contains("by_category.png"));
     assert!(image::open(dir.path().join("report/by_category.png")).is_ok());
+}
+
+#[test]
+fn limit_train_keeps_the_same_first_samples_every_epoch() {
+    let _rng = crate::common::torch_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, 6, "train");
+    write_dataset(&data, 2, "val");
+    // Samples past the limit are unreadable: touching one would stop the run.
+    for i in 2..6 {
+        std::fs::remove_file(data.join(DS).join("satellite").join(format!("train_{i}_s.png"))).unwrap();
+    }
+    let mut config = tiny_config(10);
+    config.skip_bad_samples = false;
+    let a = TrainArgs { config, data, dataset: DS.into(), out: dir.path().join("o"), resume: false, progress: false };
+    let s = train(&a).unwrap();
+    assert_eq!(s.steps, 10);
 }
