@@ -326,8 +326,10 @@ t = torch.load(p, weights_only=True)
 assert t == v, t
 print("torch.load(weights_only=True) OK")
 "#;
-        match std::process::Command::new("python3").arg("-c").arg(script).arg(&path).output() {
-            Err(e) => println!("python3 not available ({e}): Python checks skipped"),
+        // SMGEO_PYTHON: a Python with torch (e.g. a venv's), as for `weights import`.
+        let py = std::env::var("SMGEO_PYTHON").unwrap_or_else(|_| "python3".into());
+        match std::process::Command::new(&py).arg("-c").arg(script).arg(&path).output() {
+            Err(e) => println!("{py} not available ({e}): Python checks skipped"),
             Ok(out) => {
                 let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
                 println!("{text}");

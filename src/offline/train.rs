@@ -299,6 +299,9 @@ pub struct TrainState {
     /// Loss sum and step count of the unfinished `epoch` (its mean survives a resume).
     #[serde(default)]
     pub epoch_loss: (f64, usize),
+    /// Heatmap (focal) and box (L1) loss sums of the unfinished `epoch`, unweighted.
+    #[serde(default)]
+    pub epoch_parts: (f64, f64),
 }
 
 #[derive(Debug)]
@@ -405,6 +408,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             model_config: mcfg.clone(),
             history: vec![],
             epoch_loss: (0.0, 0),
+            epoch_parts: (0.0, 0.0),
         }
     };
     let n_train = if cfg.limit_train > 0 { cfg.limit_train.min(train_ds.len()) } else { train_ds.len() };
@@ -431,7 +435,9 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
         // `limit_train` keeps the same first samples every epoch (a fixed subset).
         let mut order: Vec<usize> = (0..n_train).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-        let (mut sum_loss, mut n_loss) = if state.batch_in_epoch > 0 { state.epoch_loss } else { (0.0, 0) };
+        let resumed_mid_epoch = state.batch_in_epoch > 0;
+        let (mut sum_loss, mut n_loss) = if resumed_mid_epoch { state.epoch_loss } else { (0.0, 0) };
+        let (mut sum_hm, mut sum_box) = if resumed_mid_epoch { state.epoch_parts } else { (0.0, 0.0) };
         for b in state.batch_in_epoch..batches_per_epoch {
             let t_step = Instant::now();
             let idx = &order[b * cfg.batch..((b + 1) * cfg.batch).min(n_train)];
@@ -482,7 +488,10 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             last_loss = l;
             sum_loss += l;
             n_loss += 1;
+            sum_hm += lp.heatmap.double_value(&[]);
+            sum_box += lp.bbox.double_value(&[]);
             state.epoch_loss = (sum_loss, n_loss);
+            state.epoch_parts = (sum_hm, sum_box);
             seen += samples.len();
             state.global_step += 1;
             state.batch_in_epoch = b + 1;
@@ -510,7 +519,9 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             break;
         }
         // epoch end: validation, best selection, checkpoint
-        let mut entry = serde_json::json!({"epoch": epoch, "train_loss": sum_loss / n_loss.max(1) as f64, "lr_end": lr_at(cfg, epoch as f64 + 1.0)});
+        let n = n_loss.max(1) as f64;
+        let mut entry = serde_json::json!({"epoch": epoch, "train_loss": sum_loss / n, "train_heatmap": sum_hm / n,
+            "train_bbox": sum_box / n, "lr_end": lr_at(cfg, epoch as f64 + 1.0)});
         if let Some(val) = &val_ds {
             let opts = EvalOptions { batch: cfg.batch, limit: cfg.limit_val, device: dev, examples: 0 };
             let (summary, _) = evaluate(&model, val, &opts)?;
