@@ -41,6 +41,9 @@ pub enum SourceKind {
     /// RTSP client; `tcp` forces interleaved TCP instead of UDP transport. The
     /// depayloader follows [`Codec`] (`Auto` is taken as H.264 here).
     Rtsp { location: String, latency_ms: u32, tcp: bool },
+    /// RTSP whose one RTP stream is MPEG-TS (payload MP2T): video and KLV arrive
+    /// together and are demuxed as for UDP; the codec is found by the demuxer.
+    RtspTs { location: String, latency_ms: u32, tcp: bool },
     /// A recorded MPEG-TS (`.ts`, `.m2ts`, `.mpg`) or MP4/MOV file.
     File { path: PathBuf },
     /// `videotestsrc`; `num_buffers: None` runs until stopped.
@@ -53,6 +56,7 @@ impl SourceKind {
         match self {
             SourceKind::UdpTs { .. } => "udp_ts.pipeline",
             SourceKind::Rtsp { .. } => "rtsp.pipeline",
+            SourceKind::RtspTs { .. } => "rtsp_ts.pipeline",
             SourceKind::File { .. } => "file.pipeline",
             SourceKind::Test { .. } => "test.pipeline",
         }
@@ -60,7 +64,7 @@ impl SourceKind {
 
     /// Live network sources never end; files and finite test patterns do.
     pub fn is_network(&self) -> bool {
-        matches!(self, SourceKind::UdpTs { .. } | SourceKind::Rtsp { .. })
+        matches!(self, SourceKind::UdpTs { .. } | SourceKind::Rtsp { .. } | SourceKind::RtspTs { .. })
     }
 }
 
@@ -132,6 +136,7 @@ impl SourceConfig {
 
 const UDP_TS: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/udp_ts.pipeline"));
 const RTSP: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/rtsp.pipeline"));
+const RTSP_TS: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/rtsp_ts.pipeline"));
 const FILE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/file.pipeline"));
 const TEST: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/test.pipeline"));
 
@@ -146,6 +151,7 @@ pub fn template(kind: &SourceKind, dir: Option<&Path>) -> Result<String> {
     Ok(match kind {
         SourceKind::UdpTs { .. } => UDP_TS,
         SourceKind::Rtsp { .. } => RTSP,
+        SourceKind::RtspTs { .. } => RTSP_TS,
         SourceKind::File { .. } => FILE,
         SourceKind::Test { .. } => TEST,
     }
@@ -202,6 +208,11 @@ pub fn placeholders(cfg: &SourceConfig) -> HashMap<&'static str, String> {
                 // decodebin after a depayloader: H.264 unless configured otherwise.
                 m.insert("decode", decoder(Codec::H264).to_string());
             }
+        }
+        SourceKind::RtspTs { location, latency_ms, tcp } => {
+            m.insert("location", quoted(location));
+            m.insert("latency_ms", latency_ms.to_string());
+            m.insert("protocols", if *tcp { "tcp" } else { "udp+tcp" }.to_string());
         }
         SourceKind::File { path } => {
             m.insert("location", quoted(&path.display().to_string()));
@@ -271,6 +282,9 @@ fn pad_target(caps: &gst::CapsRef) -> Option<&'static str> {
         if enc.eq_ignore_ascii_case("SMPTE336M") {
             return Some("kq");
         }
+        if enc.eq_ignore_ascii_case("MP2T") {
+            return Some("tsdepay");
+        }
         if media == "video" {
             return Some("vq");
         }
@@ -278,11 +292,10 @@ fn pad_target(caps: &gst::CapsRef) -> Option<&'static str> {
     None
 }
 
-/// Link the element named `demux` (if any) to the queues `vq` / `kq` as pads appear.
-pub fn link_dynamic_pads(pipeline: &gst::Pipeline) {
-    let Some(demux) = pipeline.by_name("demux") else { return };
+/// Link every pad `el` adds to the sink pad of the element [`pad_target`] names.
+fn link_pads_by_caps(pipeline: &gst::Pipeline, el: &gst::Element) {
     let weak = pipeline.downgrade();
-    demux.connect_pad_added(move |_, pad| {
+    el.connect_pad_added(move |_, pad| {
         let Some(pipeline) = weak.upgrade() else { return };
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
         let Some(target) = pad_target(&caps) else {
@@ -302,6 +315,20 @@ pub fn link_dynamic_pads(pipeline: &gst::Pipeline) {
             Err(e) => tracing::warn!(pad = %pad.name(), target, ?e, "ingest: pad link failed"),
         }
     });
+}
+
+/// Link the dynamic pads of `rtsp` and `demux` (when present) as they appear: to the
+/// queues `vq` / `kq`, or an MP2T RTP stream to `tsdepay`.
+pub fn link_dynamic_pads(pipeline: &gst::Pipeline) {
+    // `rtsp` (rtspsrc in front of a TS demuxer) and `demux` (a demuxer, or rtspsrc
+    // itself in rtsp.pipeline) get the same handler: each pad goes to the branch or
+    // element its caps call for.
+    for name in ["rtsp", "demux"] {
+        if let Some(el) = pipeline.by_name(name) {
+            link_pads_by_caps(pipeline, &el);
+        }
+    }
+    let Some(demux) = pipeline.by_name("demux") else { return };
     // A branch without a pad (no KLV in this stream) would never see EOS, and the
     // pipeline only posts EOS once every sink has: end those branches now.
     let weak = pipeline.downgrade();
@@ -327,6 +354,7 @@ mod tests {
         let kinds = [
             SourceKind::UdpTs { address: "239.1.2.3".into(), port: 5600, multicast_iface: None },
             SourceKind::Rtsp { location: "rtsp://127.0.0.1:8554/x".into(), latency_ms: 200, tcp: true },
+            SourceKind::RtspTs { location: "rtsp://127.0.0.1:8554/x".into(), latency_ms: 200, tcp: false },
             SourceKind::File { path: "/tmp/a b\".ts".into() },
             SourceKind::File { path: "/tmp/x.mp4".into() },
             SourceKind::Test { width: 64, height: 48, fps: 30, num_buffers: Some(3), live: false },

@@ -29,6 +29,9 @@ pub enum RtspMedia {
     /// (`gst_rtsp_media_get_rates` asserts) when a file's sparse KLV stream is served
     /// as a second RTP stream, since that stream has no segment yet at PLAY time.
     TsFile { path: std::path::PathBuf },
+    /// A whole MPEG-TS file (video, KLV, every PID) as one RTP stream of payload MP2T,
+    /// paced by its PCR: how UAV encoders commonly serve video with KLV over RTSP.
+    Mp2tFile { path: std::path::PathBuf },
 }
 
 impl RtspMedia {
@@ -49,6 +52,10 @@ impl RtspMedia {
                     "( videotestsrc is-live=true pattern=ball ! video/x-raw,width={width},height={height},framerate={fps}/1 \
                      ! {enc} name=pay0 pt=96 config-interval=1 )"
                 )
+            }
+            RtspMedia::Mp2tFile { path } => {
+                let loc = path.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+                format!("( filesrc location=\"{loc}\" ! tsparse set-timestamps=true ! rtpmp2tpay name=pay0 pt=33 )")
             }
             RtspMedia::TsFile { path } => {
                 let loc = path.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
@@ -82,7 +89,7 @@ impl RtspServer {
         if !mount.starts_with('/') || mount.len() < 2 {
             return Err(bad(format!("mount point must look like /name, got {mount:?}")));
         }
-        if let RtspMedia::TsFile { path, .. } = media {
+        if let RtspMedia::TsFile { path } | RtspMedia::Mp2tFile { path } = media {
             if !path.is_file() {
                 return Err(bad(format!("{}: no such file", path.display())));
             }

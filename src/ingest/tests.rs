@@ -309,6 +309,43 @@ fn rtsp_serves_ts_file_and_source_plays_it_in_pts_order() {
 }
 
 #[test]
+fn rtsp_mp2t_carries_video_and_klv_to_the_source() {
+    let path = tmp_path("rtsp_mp2t");
+    // 3 s at 30 fps, a KLV unit every 10 frames, each a distinct payload.
+    let klv: Vec<(u64, Vec<u8>)> =
+        (0..9u8).map(|k| (u64::from(k) * 1_000_000_000 / 3, vec![0x06, 0x0E, 0x2B, 0x34, k, 7, 7])).collect();
+    write_ts(&path, (0u32..90).map(|i| test_pattern(128, 96, i)), 30, Some(klv.clone())).expect("write ts");
+    let server =
+        RtspServer::start("127.0.0.1", 0, "/flight", &RtspMedia::Mp2tFile { path: path.clone() }).expect("rtsp server");
+    let mut cfg = SourceConfig::new(SourceKind::RtspTs { location: server.url(), latency_ms: 100, tcp: true });
+    cfg.sync = false;
+    cfg.ring_capacity = 128;
+    let src = Source::start(cfg).expect("start");
+    assert!(src.wait_state(LONG, |s| *s == SourceState::Playing).is_some(), "{:?}", src.stats());
+    // The server ends the file and the source reconnects (EOS on a network source is a
+    // loss), so the stream repeats: collect one play's worth of units, with a deadline.
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + LONG;
+    while got.len() < klv.len() && std::time::Instant::now() < deadline {
+        if let Ok(u) = src.klv().recv_timeout(Duration::from_millis(500)) {
+            got.push(u);
+        }
+    }
+    let _ = wait_frames(&src, 0, 80);
+    let st = src.stats();
+    let pts: Vec<u64> = src.frames().snapshot().iter().map(|f| f.pts_ns).collect();
+    src.stop();
+    server.stop();
+    let _ = std::fs::remove_file(&path);
+    assert!(st.frames >= 80, "{st:?}");
+    assert!(pts.windows(2).all(|w| w[0] < w[1]), "PTS not increasing");
+    assert!(got.len() >= 8, "{} KLV units over RTSP: {st:?}", got.len());
+    for u in &got {
+        assert!(klv.iter().any(|(_, d)| d.as_slice() == u.data.as_ref()), "unexpected KLV {:02x?}", u.data);
+    }
+}
+
+#[test]
 fn rtsp_server_rejects_bad_mount_and_missing_file() {
     let e =
         RtspServer::start("127.0.0.1", 0, "live", &RtspMedia::TestPattern { width: 8, height: 8, fps: 5, h265: false });
@@ -328,13 +365,27 @@ fn udp_multicast_on_loopback_joins_group_and_plays() {
     cfg.codec = Codec::H264;
     cfg.sync = false;
     let src = Source::start(cfg).expect("start receiver");
-    let klv: Vec<(u64, Vec<u8>)> = (0..4u8).map(|k| (u64::from(k) * 500_000_000, vec![0x06, 0x0E, k])).collect();
-    let frames = (0u32..60).map(|i| test_pattern(96, 64, i));
-    let sent = stream_ts_udp_via(&group, port, Some("lo"), frames, 30, Some(klv), true, None).expect("send");
-    assert_eq!(sent.frames, 60);
+    // Stream until the receiver has what it needs: it may join the group after the first
+    // datagrams went out (a loaded machine), and those are simply lost, as on a real link.
+    let ctl = Arc::new(StreamControl::default());
+    let sender = {
+        let (ctl, group) = (ctl.clone(), group.clone());
+        std::thread::spawn(move || {
+            let frames = (0u32..).map(|i| test_pattern(96, 64, i));
+            let klv = (0u64..).map(|k| (k * 500_000_000, vec![0x06, 0x0E, (k % 251) as u8]));
+            stream_ts_udp_via(&group, port, Some("lo"), frames, 30, Some(klv), true, Some(&ctl))
+        })
+    };
     let st = wait_frames(&src, 0, 30);
-    let units = std::iter::from_fn(|| src.klv().recv_timeout(Duration::from_millis(500)).ok()).count();
+    let deadline = std::time::Instant::now() + LONG;
+    let mut units = 0;
+    while units < 2 && std::time::Instant::now() < deadline {
+        units += src.klv().recv_timeout(Duration::from_millis(500)).is_ok() as usize;
+    }
+    ctl.stop();
+    let sent = sender.join().expect("sender thread").expect("send");
     src.stop();
+    assert!(sent.frames >= 30, "{sent:?}");
     assert!(st.frames >= 30, "multicast frames: {st:?}");
     assert!(units >= 2, "multicast KLV units: {units}");
     let bad = stream_ts_udp_via(&group, port, Some("lo; rm"), Vec::new(), 30, no_klv(), false, None);
