@@ -270,6 +270,63 @@ fn run_over_udp_with_mosquitto_serves_prompts_and_survives_bad_ones() {
     let _ = Instant::now();
 }
 
+/// The flight served over RTSP as MPEG-TS (payload MP2T): video and KLV arrive in one RTSP
+/// session, so a prompt is answered with a chip placed from the KLV frame centre (no
+/// fallback centre is configured; without telemetry the prompt would be an error).
+#[test]
+fn run_over_rtsp_mp2t_uses_the_klv_that_travels_with_the_video() {
+    use crate::ingest::{RtspMedia, RtspServer};
+    use crate::publish::testutil::{Broker, Msg, Subscriber};
+    use rumqttc::QoS;
+    let f = fixture();
+    let broker = Broker::start();
+    let server =
+        RtspServer::start("127.0.0.1", 0, "/flight", &RtspMedia::Mp2tFile { path: f.flight.join("flight.ts") })
+            .expect("rtsp server");
+    let stream = StreamSection {
+        id: "uav-rtsp".into(),
+        source: SourceKind::RtspTs { location: server.url(), latency_ms: 100, tcp: true },
+        codec: Default::default(),
+        ring_frames: 30,
+        frame_tolerance_ms: 500,
+        fallback_centre: None,
+        stall_timeout_ms: 2000,
+    };
+    let cfg = live_config(f, vec![stream], broker.port, None);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let mut targets = rt.block_on(Subscriber::connect(broker.port, "r-targets", "smgeo/uav-rtsp/targets", true));
+    let mut status = rt.block_on(Subscriber::connect(broker.port, "r-status", "smgeo/uav-rtsp/status", true));
+    let stop = Arc::new(AtomicBool::new(false));
+    let runner = {
+        let (cfg, stop) = (cfg.clone(), stop.clone());
+        std::thread::spawn(move || super::run::run_with_stop(&cfg, None, stop))
+    };
+    let is = |m: &Msg, k: &str, v: &str| m.json().get(k).and_then(|x| x.as_str()) == Some(v);
+    let seen = rt.block_on(status.until(Duration::from_secs(90), |m| is(m, "source", "playing")));
+    assert!(seen.last().is_some_and(|m| is(m, "source", "playing")), "source never reached playing: {seen:?}");
+    // Let some KLV arrive before prompting (the flight carries a packet per frame).
+    std::thread::sleep(Duration::from_millis(1500));
+    let client = targets.client.clone();
+    rt.block_on(client.publish(
+        "smgeo/uav-rtsp/prompts",
+        QoS::AtLeastOnce,
+        false,
+        br#"{"id":"r1","x":160,"y":90,"mode":"once"}"#.to_vec(),
+    ))
+    .unwrap();
+    let got = rt.block_on(targets.until(Duration::from_secs(90), |_| true));
+    stop.store(true, Ordering::SeqCst);
+    let reports = runner.join().unwrap().unwrap();
+    server.stop();
+    assert_eq!(got.len(), 1, "one target for the prompt; reports {reports:?}");
+    let t = got[0].json();
+    crate::publish::testutil::assert_valid(&target_validator(), &t);
+    assert_eq!(t["properties"]["prompt_id"], "r1");
+    let tel = &t["properties"]["telemetry"];
+    assert!(tel["frame_center"].is_array(), "chip not placed from KLV: {t}");
+    assert!(tel["distance_m"].as_f64().is_some_and(|d| d.is_finite() && d < 1000.0), "{t}");
+}
+
 /// A click whose ground position lies outside the mosaic is an error naming the place;
 /// the localiser keeps working for the next prompt.
 #[test]

@@ -327,6 +327,11 @@ pub struct StreamArgs {
     /// start in real time. Runs until --duration-s or Ctrl-C.
     #[arg(long)]
     pub rtsp: bool,
+    /// With --rtsp: `mp2t` sends the transport stream itself (RTP payload MP2T: video and
+    /// KLV together; receive with source kind `rtsp_ts`), `h264` the video elementary
+    /// stream only (source kind `rtsp`; no telemetry).
+    #[arg(long, value_enum, default_value = "mp2t")]
+    pub rtsp_payload: RtspPayload,
     /// With --rtsp: stop serving after this many seconds (default: until Ctrl-C).
     #[arg(long)]
     pub duration_s: Option<f64>,
@@ -335,6 +340,13 @@ pub struct StreamArgs {
     pub fast: bool,
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+/// RTP payload of `synth stream --rtsp`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtspPayload {
+    Mp2t,
+    H264,
 }
 
 #[cfg(all(feature = "geo", feature = "gst"))]
@@ -353,7 +365,10 @@ pub fn run_stream(a: &StreamArgs) -> anyhow::Result<serde_json::Value> {
 fn serve_rtsp(a: &StreamArgs) -> anyhow::Result<serde_json::Value> {
     use anyhow::Context as _;
     let ts = a.flight.join("flight.ts");
-    let media = crate::ingest::RtspMedia::TsFile { path: ts.clone() };
+    let media = match a.rtsp_payload {
+        RtspPayload::Mp2t => crate::ingest::RtspMedia::Mp2tFile { path: ts.clone() },
+        RtspPayload::H264 => crate::ingest::RtspMedia::TsFile { path: ts.clone() },
+    };
     let server = crate::ingest::RtspServer::start(&a.host, a.port, "/flight", &media)
         .with_context(|| format!("serving {} over RTSP", ts.display()))?;
     eprintln!("serving {} at {} (Ctrl-C to stop)", ts.display(), server.url());
@@ -372,5 +387,6 @@ fn serve_rtsp(a: &StreamArgs) -> anyhow::Result<serde_json::Value> {
     })?;
     let url = server.url();
     server.stop();
-    Ok(serde_json::json!({"rtsp": url, "seconds": t0.elapsed().as_secs_f64()}))
+    let payload = format!("{:?}", a.rtsp_payload).to_lowercase();
+    Ok(serde_json::json!({"rtsp": url, "payload": payload, "seconds": t0.elapsed().as_secs_f64()}))
 }
