@@ -160,3 +160,135 @@ pub fn flops(cfg: &ModelConfig, q_hw: (i64, i64), s_hw: (i64, i64)) -> (f64, f64
     total += 2.0 * hf * wf * 9.0 * (c3 * f + f * f) + 2.0 * hf * wf * f * 5.0;
     (total, experts)
 }
+
+#[derive(clap::Args, Debug)]
+pub struct BenchTrainArgs {
+    /// Training configuration whose model, optimiser and loss are measured.
+    #[arg(long, default_value = "config/train.toml")]
+    pub config: std::path::PathBuf,
+    /// Batch size (overrides the config's).
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Timed steps after warm-up.
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Intra-op threads (default: the config's, else libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Device (overrides the config's).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Model preset (overrides the config's).
+    #[arg(long, value_enum)]
+    pub model_preset: Option<Preset>,
+}
+
+/// Peak and current resident set size of this process (bytes), from /proc.
+fn rss_bytes() -> (Option<u64>, Option<u64>) {
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else { return (None, None) };
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// `smgeo bench train`: optimisation steps of a training configuration on CVOGL-sized
+/// inputs (DroneAerial: query 256², satellite 1024², times the model's `input_scale`).
+/// The batch is made of random images with one target box each and goes through the
+/// same preprocessing (`collate`) and step (`train_step`: forward, targets, loss,
+/// backward, clipping, AdamW) as `smgeo train`; JPEG decoding and augmentation are not
+/// included (they run per sample and are reported by `smgeo train` in its samples/s).
+pub fn bench_train(a: &BenchTrainArgs) -> anyhow::Result<Value> {
+    use crate::offline::dataset::{collate, Sample};
+    use crate::offline::train::{lr_at, train_step, AdamW, TrainConfig};
+    use rand::{Rng, SeedableRng};
+    let mut cfg = TrainConfig::from_file(&a.config)?;
+    cfg.batch = a.batch.max(1);
+    if let Some(d) = &a.device {
+        cfg.device = d.clone();
+    }
+    if let Some(p) = a.model_preset {
+        cfg.preset = p;
+    }
+    cfg.validate()?;
+    if let Some(t) = a.threads.or(cfg.threads) {
+        tch::set_num_threads(t);
+    }
+    let dev = crate::device::select(&cfg.device)?;
+    let mcfg = cfg.model_config()?;
+    tch::manual_seed(cfg.seed as i64);
+    let (vs, m) = build(&mcfg, dev)?;
+    let mut opt = AdamW::new(&vs);
+    let sc = |n: u32| ((n as f64 * mcfg.input_scale).round() as u32).max(32);
+    let (qs, ss) = (sc(256), sc(1024));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut noise = |w: u32, h: u32| {
+        let v: Vec<u8> = (0..w * h * 3).map(|_| rng.gen()).collect();
+        image::RgbImage::from_raw(w, h, v).expect("buffer of w·h·3 bytes")
+    };
+    let samples: Vec<Sample> = (0..cfg.batch)
+        .map(|i| {
+            let (x, y, side) = (ss as f64 * 0.3, ss as f64 * 0.4, ss as f64 * 0.06 * (1 + i % 3) as f64);
+            Sample {
+                id: i as i64,
+                query: noise(qs, qs),
+                sat: noise(ss, ss),
+                click: (qs as f64 / 2.0, qs as f64 / 2.0),
+                bbox: [x, y, x + side, y + side * 0.7],
+                category: "bench".into(),
+            }
+        })
+        .collect();
+    let (rss_peak_before, _) = rss_bytes();
+    let mut collate_ms = Vec::new();
+    let mut step_ms = Vec::new();
+    let mut losses = Vec::new();
+    for k in 0..a.warmup + a.steps.max(1) {
+        let t = Instant::now();
+        let batch = collate(&samples, dev)?;
+        sync(dev);
+        let tc = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let st = train_step(&m, &mut opt, &batch, &cfg, mcfg.balance_entropy, lr_at(&cfg, 1.0))?;
+        sync(dev);
+        let ts = t.elapsed().as_secs_f64() * 1e3;
+        losses.push(st.total);
+        if k >= a.warmup {
+            collate_ms.push(tc);
+            step_ms.push(ts);
+        }
+    }
+    let (rss_peak, rss_now) = rss_bytes();
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[(v.len() - 1) / 2]
+    };
+    let per_batch_ms = median(&step_ms) + median(&collate_ms);
+    Ok(json!({
+        "bench": "train",
+        "config": a.config.display().to_string(),
+        "device": crate::device::describe(dev),
+        "threads": tch::get_num_threads(),
+        "preset": mcfg.preset.to_string(),
+        "params": model::count_params(&vs),
+        "batch": cfg.batch,
+        "query_hw": [qs, qs],
+        "sat_hw": [ss, ss],
+        "input_scale": mcfg.input_scale,
+        "step_ms": stats(step_ms),
+        "collate_ms": stats(collate_ms),
+        "samples_per_s": cfg.batch as f64 * 1e3 / per_batch_ms,
+        "peak_rss_bytes": rss_peak,
+        "peak_rss_bytes_before_training": rss_peak_before,
+        "rss_bytes_after": rss_now,
+        "losses": losses,
+        "note": "random images; excludes JPEG decoding and augmentation; peak RSS is host memory of the whole process",
+    }))
+}

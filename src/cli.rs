@@ -84,6 +84,8 @@ pub enum KlvCmd {
 pub enum BenchCmd {
     /// Model forward latency at CVOGL sizes, both presets.
     Model(bench::BenchModelArgs),
+    /// Training step throughput (samples/s) and peak memory of a training configuration.
+    Train(bench::BenchTrainArgs),
     /// Decode throughput of 1080p30 H.264 into RGB frames, appsink-to-consumer latency.
     #[cfg(feature = "gst")]
     Ingest {
@@ -160,6 +162,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Eval(e) => crate::offline::cli::run_eval(e)?,
         Cmd::Bench(BenchCmd::Model(a)) => {
             let v = bench::bench_model(a)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Cmd::Bench(BenchCmd::Train(a)) => {
+            let v = bench::bench_train(a)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         #[cfg(feature = "gst")]

@@ -348,6 +348,44 @@ pub struct TrainSummary {
     pub last_loss: f64,
 }
 
+/// Losses and gradient norm of one optimisation step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepOut {
+    pub total: f64,
+    pub heatmap: f64,
+    pub bbox: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// One optimisation step on a collated batch: forward in training mode, targets, the
+/// paper loss, autograd gradients, clipping, AdamW. The caller seeds libtorch's
+/// generator (drop path, gate noise) beforehand when it wants reproducibility.
+pub fn train_step(
+    model: &Smgeo,
+    opt: &mut AdamW,
+    batch: &super::dataset::Batch,
+    cfg: &TrainConfig,
+    balance_entropy: bool,
+    lr: f64,
+) -> Result<StepOut> {
+    let out = model.forward_t(&batch.query, &batch.sat, true, &mut Trace::off())?;
+    let hs = out.heatmap.size();
+    let sat_hw = (batch.sat.size()[2], batch.sat.size()[3]);
+    let tg = loss::build_targets(&batch.boxes, sat_hw, (hs[2], hs[3])).to_device(batch.sat.device());
+    let bal = if balance_entropy { out.entropy.shallow_clone() } else { out.entropy.zeros_like() };
+    let lp = loss::paper_loss(&out.heatmap, &out.bbox, &tg, &bal, cfg.lambdas);
+    let mut grads = opt.gradients(&lp.total)?;
+    let grad_norm = AdamW::clip_grad_norm(&mut grads, cfg.clip_grad_norm);
+    opt.step(&grads, lr, cfg.weight_decay);
+    Ok(StepOut {
+        total: lp.total.double_value(&[]),
+        heatmap: lp.heatmap.double_value(&[]),
+        bbox: lp.bbox.double_value(&[]),
+        grad_norm,
+    })
+}
+
 pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
     let cfg = &a.config;
     cfg.validate()?;
@@ -468,17 +506,8 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             let epoch_f = epoch as f64 + b as f64 / batches_per_epoch as f64;
             let lr = lr_at(cfg, epoch_f);
             tch::manual_seed((cfg.seed as i64).wrapping_mul(31).wrapping_add(state.global_step));
-            let out = model.forward_t(&batch.query, &batch.sat, true, &mut Trace::off())?;
-            let hs = out.heatmap.size();
-            let sat_hw = (batch.sat.size()[2], batch.sat.size()[3]);
-            let tg = loss::build_targets(&batch.boxes, sat_hw, (hs[2], hs[3])).to_device(dev);
-            let bal = if mcfg.balance_entropy { out.entropy.shallow_clone() } else { out.entropy.zeros_like() };
-            let lp = loss::paper_loss(&out.heatmap, &out.bbox, &tg, &bal, cfg.lambdas);
-            let mut grads = opt.gradients(&lp.total)?;
-            let gnorm = AdamW::clip_grad_norm(&mut grads, cfg.clip_grad_norm);
-            opt.step(&grads, lr, cfg.weight_decay);
-            drop(grads);
-            let l = lp.total.double_value(&[]);
+            let st = train_step(&model, &mut opt, &batch, cfg, mcfg.balance_entropy, lr)?;
+            let (l, gnorm) = (st.total, st.grad_norm);
             if !l.is_finite() {
                 return Err(OfflineError::Config(format!("loss became {l} at step {}", state.global_step)));
             }
@@ -488,8 +517,8 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             last_loss = l;
             sum_loss += l;
             n_loss += 1;
-            sum_hm += lp.heatmap.double_value(&[]);
-            sum_box += lp.bbox.double_value(&[]);
+            sum_hm += st.heatmap;
+            sum_box += st.bbox;
             state.epoch_loss = (sum_loss, n_loss);
             state.epoch_parts = (sum_hm, sum_box);
             seen += samples.len();
@@ -500,8 +529,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
                 let sps = seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
                 pb.set_message(format!(
                     "ep {epoch} loss {l:.4} hm {:.3} box {:.3} lr {lr:.2e} |g| {gnorm:.2} {sps:.2} samples/s",
-                    lp.heatmap.double_value(&[]),
-                    lp.bbox.double_value(&[])
+                    st.heatmap, st.bbox
                 ));
             }
             train_time += t_step.elapsed();

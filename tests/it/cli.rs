@@ -256,3 +256,39 @@ torch.save({"args": argparse.Namespace(lr=1e-4), "state_dict": sd}, out + "/ns.p
     assert!(ok, "{err}");
     assert_eq!(smgeo::model::weights::read_safetensors(&out).unwrap().len(), want.len());
 }
+
+/// `bench train` runs real optimisation steps on a tiny configuration and reports
+/// throughput and memory; the loss of a repeated batch falls.
+#[test]
+fn bench_train_reports_throughput_and_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        "preset = \"paper\"\nlr = 1e-3\nwarmup_epochs = 0.0\ndevice = \"cpu\"\n[model]\nembed_dim = 8\n\
+         num_heads = [2, 2, 4, 4]\nhead_feat_channels = 8\ninput_scale = 0.25\n",
+    )
+    .unwrap();
+    let out = smgeo()
+        .args(["bench", "train", "--config"])
+        .arg(&cfg)
+        .args(["--batch", "2", "--steps", "4", "--warmup", "1", "--threads", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["bench"], "train");
+    assert_eq!(v["batch"], 2);
+    assert_eq!(v["sat_hw"], serde_json::json!([256, 256]));
+    assert_eq!(v["step_ms"]["n"], 4);
+    assert!(v["samples_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["peak_rss_bytes"].as_u64().unwrap() >= v["peak_rss_bytes_before_training"].as_u64().unwrap());
+    let losses: Vec<f64> = v["losses"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(losses.len(), 5);
+    assert!(losses.iter().all(|l| l.is_finite()));
+    assert!(losses[4] < losses[0], "the same batch five times: the loss must fall {losses:?}");
+    // A config that cannot be read is a clear error, not a panic.
+    let bad = smgeo().args(["bench", "train", "--config", "/nonexistent.toml"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("nonexistent"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
