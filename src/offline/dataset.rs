@@ -13,7 +13,7 @@ use super::cvogl::{CvoglRecord, CvoglSplit, DatasetGeometry, LoadOptions, LoadRe
 use super::{OfflineError, Result};
 use crate::model::preprocess;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Dataset {
     pub name: String,
     pub split: String,

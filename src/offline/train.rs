@@ -64,6 +64,9 @@ pub struct TrainConfig {
     pub skip_bad_samples: bool,
     pub threads: Option<i32>,
     pub device: String,
+    /// Threads that read and augment the next batches while the current one trains
+    /// (0 = auto: half the cores, 1 to 8). The data are identical whatever the number.
+    pub loader_threads: usize,
 }
 
 impl Default for TrainConfig {
@@ -92,6 +95,7 @@ impl Default for TrainConfig {
             skip_bad_samples: true,
             threads: None,
             device: "auto".into(),
+            loader_threads: 0,
         }
     }
 }
@@ -348,6 +352,73 @@ pub struct TrainSummary {
     pub last_loss: f64,
 }
 
+/// Loaded (and augmented) samples of one batch, in order; errors are per sample.
+type LoadedBatch = Vec<Result<Sample>>;
+
+/// Reads the batches of one epoch ahead of the training loop on background threads
+/// (bounded: at most two batches wait), in the epoch's order. Sample `i` of epoch `e`
+/// is augmented with a generator keyed by (seed, e, i) alone, so what a batch holds does
+/// not depend on the number of threads or on timing. Dropping it stops the threads.
+struct Prefetch {
+    rx: crossbeam_channel::Receiver<LoadedBatch>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Prefetch {
+    fn start(ds: Dataset, batches: Vec<Vec<usize>>, cfg: &TrainConfig, epoch: usize, threads: usize) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded::<LoadedBatch>(2);
+        let (aug, seed, augment_on) = (cfg.augmentation.clone(), cfg.seed, cfg.augment);
+        let load_one = move |ds: &Dataset, i: usize| -> Result<Sample> {
+            let s = ds.load(i)?;
+            Ok(if augment_on {
+                let key = seed.wrapping_mul(1_000_003) ^ ((epoch as u64) << 32) ^ i as u64;
+                augment(s, &aug, &mut ChaCha8Rng::seed_from_u64(key))
+            } else {
+                s
+            })
+        };
+        let thread = std::thread::spawn(move || {
+            for idx in batches {
+                let out: LoadedBatch = if threads <= 1 || idx.len() <= 1 {
+                    idx.iter().map(|&i| load_one(&ds, i)).collect()
+                } else {
+                    let per = idx.len().div_ceil(threads);
+                    std::thread::scope(|sc| {
+                        let hs: Vec<_> = idx
+                            .chunks(per)
+                            .map(|c| sc.spawn(|| c.iter().map(|&i| load_one(&ds, i)).collect::<Vec<_>>()))
+                            .collect();
+                        hs.into_iter()
+                            .flat_map(|h| {
+                                h.join().unwrap_or_else(|_| {
+                                    vec![Err(OfflineError::Config("a data loader thread panicked".into()))]
+                                })
+                            })
+                            .collect()
+                    })
+                };
+                if tx.send(out).is_err() {
+                    return; // the training loop stopped early
+                }
+            }
+        });
+        Prefetch { rx, _thread: thread }
+    }
+
+    fn next(&self) -> Result<LoadedBatch> {
+        self.rx.recv().map_err(|_| OfflineError::Config("the data loader stopped unexpectedly".into()))
+    }
+}
+
+/// `loader_threads` resolved: the configured number, or half the cores (1 to 8).
+fn loader_threads(cfg: &TrainConfig) -> usize {
+    if cfg.loader_threads > 0 {
+        return cfg.loader_threads;
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (cores / 2).clamp(1, 8)
+}
+
 /// Losses and gradient norm of one optimisation step.
 #[derive(Debug, Clone, Copy)]
 pub struct StepOut {
@@ -454,6 +525,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
         return Err(OfflineError::Config(format!("{}: no training samples", train_ds.report.path.display())));
     }
     let batches_per_epoch = n_train.div_ceil(cfg.batch);
+    let n_loader = loader_threads(cfg);
     let bar = a.progress.then(|| {
         let pb = indicatif::ProgressBar::new((cfg.epochs * batches_per_epoch) as u64);
         pb.set_style(
@@ -476,21 +548,16 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
         let resumed_mid_epoch = state.batch_in_epoch > 0;
         let (mut sum_loss, mut n_loss) = if resumed_mid_epoch { state.epoch_loss } else { (0.0, 0) };
         let (mut sum_hm, mut sum_box) = if resumed_mid_epoch { state.epoch_parts } else { (0.0, 0.0) };
+        let batches: Vec<Vec<usize>> = (state.batch_in_epoch..batches_per_epoch)
+            .map(|b| order[b * cfg.batch..((b + 1) * cfg.batch).min(n_train)].to_vec())
+            .collect();
+        let prefetch = Prefetch::start(train_ds.clone(), batches, cfg, epoch, n_loader);
         for b in state.batch_in_epoch..batches_per_epoch {
             let t_step = Instant::now();
-            let idx = &order[b * cfg.batch..((b + 1) * cfg.batch).min(n_train)];
-            let mut samples: Vec<Sample> = Vec::with_capacity(idx.len());
-            for &i in idx {
-                match train_ds.load(i) {
-                    Ok(s) => {
-                        let s = if cfg.augment {
-                            let key = cfg.seed.wrapping_mul(1_000_003) ^ ((epoch as u64) << 32) ^ i as u64;
-                            augment(s, &cfg.augmentation, &mut ChaCha8Rng::seed_from_u64(key))
-                        } else {
-                            s
-                        };
-                        samples.push(s);
-                    }
+            let mut samples: Vec<Sample> = Vec::with_capacity(cfg.batch);
+            for s in prefetch.next()? {
+                match s {
+                    Ok(s) => samples.push(s),
                     Err(e) if cfg.skip_bad_samples => {
                         skipped += 1;
                         tracing::warn!("skipping: {e}");

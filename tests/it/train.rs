@@ -161,3 +161,44 @@ fn limit_train_keeps_the_same_first_samples_every_epoch() {
     let s = train(&a).unwrap();
     assert_eq!(s.steps, 10);
 }
+
+/// The background loader hands the same augmented batches to training whatever its
+/// number of threads; a sample that cannot be read is skipped and counted once per use.
+#[test]
+fn loader_threads_do_not_change_what_is_trained() {
+    let _rng = crate::common::torch_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, 6, "train");
+    write_dataset(&data, 2, "val");
+    std::fs::remove_file(data.join(DS).join("satellite").join("train_4_s.png")).unwrap();
+    let run = |out: &str, threads: usize| {
+        let mut config = tiny_config(3);
+        config.augment = true;
+        config.batch = 4;
+        config.limit_train = 0;
+        config.loader_threads = threads;
+        let a = TrainArgs {
+            config,
+            data: data.clone(),
+            dataset: DS.into(),
+            out: dir.path().join(out),
+            resume: false,
+            progress: false,
+        };
+        train(&a).unwrap()
+    };
+    let one = run("one", 1);
+    let three = run("three", 3);
+    assert_eq!((one.steps, three.steps), (3, 3));
+    // 3 steps of batch 4 over 6 samples: epoch 0 (2 batches) and the first batch of
+    // epoch 1 touch sample 4 once or twice; both runs skip it the same number of times.
+    assert!(one.skipped_samples >= 1, "{one:?}");
+    assert_eq!(one.skipped_samples, three.skipped_samples);
+    assert_eq!(one.last_loss.to_bits(), three.last_loss.to_bits());
+    let wa = smgeo::model::weights::read_safetensors(&dir.path().join("one/last/weights.safetensors")).unwrap();
+    let wb = smgeo::model::weights::read_safetensors(&dir.path().join("three/last/weights.safetensors")).unwrap();
+    for (k, t) in &wa {
+        assert!(t.equal(&wb[k]), "{k} differs between 1 and 3 loader threads");
+    }
+}
