@@ -44,8 +44,9 @@ pub struct TrainCmd {
 #[derive(clap::Args, Debug)]
 pub struct EvalCmd {
     /// Weights (safetensors); a training `best/` or `last/` directory also works.
-    #[arg(long)]
-    pub weights: PathBuf,
+    /// Not needed with --baseline.
+    #[arg(long, required_unless_present = "baseline")]
+    pub weights: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelChoice,
     #[arg(long)]
@@ -66,7 +67,7 @@ pub struct EvalCmd {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Evaluate the trivial baseline (train-split mean box at the image centre) instead
-    /// of a model; --weights is then ignored.
+    /// of a model.
     #[arg(long)]
     pub baseline: bool,
 }
@@ -126,7 +127,8 @@ pub fn run_eval(c: &EvalCmd) -> anyhow::Result<()> {
         return Ok(());
     }
     let dev = crate::device::select(&c.device)?;
-    let (wpath, cfg) = weights_and_config(&c.weights, &c.model)?;
+    let weights = c.weights.as_ref().ok_or_else(|| anyhow::anyhow!("--weights is required (or --baseline)"))?;
+    let (wpath, cfg) = weights_and_config(weights, &c.model)?;
     let (vs, m) = build(&cfg, dev)?;
     weights::load_file(&vs, &wpath, true)?;
     let mut ds = Dataset::open(&c.data, &c.dataset, &c.split, false)?;

@@ -142,6 +142,18 @@ fn loss_falls_and_resume_is_exact() {
     let md = std::fs::read_to_string(dir.path().join("report/report.md")).unwrap();
     assert!(md.contains("acc@0.5") && md.contains("by_category.png"));
     assert!(image::open(dir.path().join("report/by_category.png")).is_ok());
+
+    // the trivial baseline needs no weights
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smgeo"))
+        .args(["eval", "--baseline", "--data"])
+        .arg(&data)
+        .args(["--split", "val", "--out"])
+        .arg(dir.path().join("baseline"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["overall"]["count"], 3);
 }
 
 #[test]
