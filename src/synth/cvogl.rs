@@ -45,6 +45,13 @@ pub struct SampleConfig {
     pub chip_margin_px: f64,
     /// Wanted number of *other* same-category objects inside the chip.
     pub min_same_category: usize,
+    /// Camera heading range, degrees clockwise from north ((0, 360) = any; (0, 0) =
+    /// north-up, as the satellite chip). Narrow ranges make easier data (curricula).
+    pub heading_deg: (f64, f64),
+    /// Render the query with the chip's appearance (season, light, colour) instead of an
+    /// independently drawn drone appearance. An easy setting for curricula and ablations;
+    /// the benchmark keeps the views different.
+    pub same_appearance: bool,
 }
 
 impl Default for SampleConfig {
@@ -59,6 +66,8 @@ impl Default for SampleConfig {
             click_margin_frac: 0.15,
             chip_margin_px: 24.0,
             min_same_category: 2,
+            heading_deg: (0.0, 360.0),
+            same_appearance: false,
         }
     }
 }
@@ -88,6 +97,9 @@ impl SampleConfig {
         }
         if !(0.0..0.45).contains(&self.click_margin_frac) {
             return bad("click_margin_frac", self.click_margin_frac.to_string(), "need 0 ≤ m < 0.45");
+        }
+        if !range_ok(self.heading_deg, 0.0, 360.0) {
+            return bad("heading_deg", format!("{:?}", self.heading_deg), "need 0 ≤ lo ≤ hi ≤ 360");
         }
         if !(0.0..self.chip_px as f64 / 4.0).contains(&self.chip_margin_px) {
             return bad("chip_margin_px", self.chip_margin_px.to_string(), "need 0 ≤ m < chip_px / 4");
@@ -172,7 +184,7 @@ pub fn make_sample(world: &World, rng: &mut impl Rng, cfg: &SampleConfig) -> Res
     let b = bbox_of(ring_px.iter()).unwrap_or([0.0; 4]);
     let polygon = rect_polygon(&ring_px, b);
     let sat_appearance = Appearance::satellite(rng);
-    let drone_appearance = Appearance::drone(rng);
+    let drone_appearance = if cfg.same_appearance { sat_appearance.clone() } else { Appearance::drone(rng) };
     let sat = render_ortho(world, &sat_appearance, origin.0, origin.1, gsd, cfg.chip_px, cfg.chip_px);
     let query = render_perspective(world, &drone_appearance, &camera);
     Ok(SynthSample {
@@ -192,6 +204,15 @@ pub fn make_sample(world: &World, rng: &mut impl Rng, cfg: &SampleConfig) -> Res
     })
 }
 
+fn draw_heading(rng: &mut impl Rng, cfg: &SampleConfig) -> f64 {
+    let (h0, h1) = cfg.heading_deg;
+    if h0 < h1 {
+        rng.gen_range(h0..h1)
+    } else {
+        h0
+    }
+}
+
 /// Random drone pose with the target's interior point on a random pixel and the whole outer
 /// ring inside the image; falls back to a nadir view from the highest altitude.
 fn place_camera(obj: &Object, label: P2, rng: &mut impl Rng, cfg: &SampleConfig) -> Result<Camera> {
@@ -199,7 +220,7 @@ fn place_camera(obj: &Object, label: P2, rng: &mut impl Rng, cfg: &SampleConfig)
     let m = cfg.click_margin_frac;
     for _ in 0..32 {
         let alt = rng.gen_range(cfg.altitude_m.0..=cfg.altitude_m.1);
-        let heading = rng.gen_range(0.0..360.0);
+        let heading = draw_heading(rng, cfg);
         let pitch = rng.gen_range(cfg.pitch_deg.0..=cfg.pitch_deg.1);
         let hfov = rng.gen_range(cfg.hfov_deg.0..=cfg.hfov_deg.1);
         let px = (rng.gen_range(m..=1.0 - m) * w as f64, rng.gen_range(m..=1.0 - m) * h as f64);
@@ -211,7 +232,7 @@ fn place_camera(obj: &Object, label: P2, rng: &mut impl Rng, cfg: &SampleConfig)
         }
     }
     let c = (w as f64 / 2.0, h as f64 / 2.0);
-    let cam = Camera::looking_at(label, c, cfg.altitude_m.1, rng.gen_range(0.0..360.0), 90.0, cfg.hfov_deg.1, w, h)?;
+    let cam = Camera::looking_at(label, c, cfg.altitude_m.1, draw_heading(rng, cfg), 90.0, cfg.hfov_deg.1, w, h)?;
     cam.ok_or(SynthError::InvalidCamera { field: "pitch_deg", value: 90.0 })
 }
 
@@ -429,6 +450,25 @@ mod tests {
         for k in 0..8 {
             assert!((p[k] - want[k]).abs() < 0.05, "{p:?}");
         }
+    }
+
+    #[test]
+    fn heading_range_and_shared_appearance_are_honoured() {
+        let w = World::generate(21, (900.0, 900.0));
+        let cfg = SampleConfig { heading_deg: (30.0, 60.0), ..small_cfg() };
+        for s in generate_split(&w, 4, 6, &cfg).unwrap() {
+            let s = s.unwrap();
+            assert!((30.0..60.0).contains(&s.camera.heading_deg), "{}", s.camera.heading_deg);
+            assert_ne!(s.drone_appearance, s.sat_appearance);
+        }
+        let cfg = SampleConfig { heading_deg: (0.0, 0.0), same_appearance: true, ..small_cfg() };
+        for s in generate_split(&w, 4, 6, &cfg).unwrap() {
+            let s = s.unwrap();
+            assert_eq!(s.camera.heading_deg, 0.0);
+            assert_eq!(s.drone_appearance, s.sat_appearance);
+        }
+        let bad = SampleConfig { heading_deg: (10.0, 400.0), ..small_cfg() };
+        assert!(matches!(bad.validate(), Err(SynthError::InvalidConfig { field: "heading_deg", .. })));
     }
 
     #[test]
