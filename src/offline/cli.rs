@@ -36,6 +36,10 @@ pub struct TrainCmd {
     /// Override the config's training-time budget in minutes.
     #[arg(long)]
     pub max_minutes: Option<f64>,
+    /// Synthetic data: after the first epoch, train on new samples drawn from the
+    /// dataset's training world (config `fresh_samples`).
+    #[arg(long)]
+    pub fresh_samples: bool,
     /// No progress bar (logs only).
     #[arg(long)]
     pub quiet: bool,
@@ -82,6 +86,9 @@ pub fn run_train(c: &TrainCmd) -> anyhow::Result<()> {
     }
     if let Some(p) = c.model_preset {
         config.preset = p;
+    }
+    if c.fresh_samples {
+        config.fresh_samples = true;
     }
     if let Some(m) = c.max_minutes {
         config.max_minutes = m;

@@ -20,10 +20,12 @@ use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Kind, Tensor};
 
 use super::augment::AugmentConfig;
-use super::dataset::{augment, collate, Dataset, Sample};
+use super::dataset::{augment, collate, rescale, Dataset, Sample};
 use super::eval::{evaluate, EvalOptions};
 use super::{OfflineError, Result};
 use crate::model::{loss, weights, ModelConfig, Preset, Smgeo, Trace};
+use crate::synth::fresh::FreshSampler;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -67,6 +69,12 @@ pub struct TrainConfig {
     /// Threads that read and augment the next batches while the current one trains
     /// (0 = auto: half the cores, 1 to 8). The data are identical whatever the number.
     pub loader_threads: usize,
+    /// Synthetic data only (a dataset written by `smgeo synth cvogl`, whose
+    /// `manifest.json` names its world): epochs after the first train on new samples
+    /// drawn from the training world — epoch e, sample i is the world's sample e·N + i
+    /// (N = records in the split) — instead of repeating the files. Deterministic and
+    /// resumable like the files; validation stays on the written split.
+    pub fresh_samples: bool,
 }
 
 impl Default for TrainConfig {
@@ -96,6 +104,7 @@ impl Default for TrainConfig {
             threads: None,
             device: "auto".into(),
             loader_threads: 0,
+            fresh_samples: false,
         }
     }
 }
@@ -365,11 +374,21 @@ struct Prefetch {
 }
 
 impl Prefetch {
-    fn start(ds: Dataset, batches: Vec<Vec<usize>>, cfg: &TrainConfig, epoch: usize, threads: usize) -> Self {
+    fn start(
+        ds: Dataset,
+        fresh: Option<Arc<FreshSampler>>,
+        batches: Vec<Vec<usize>>,
+        cfg: &TrainConfig,
+        epoch: usize,
+        threads: usize,
+    ) -> Self {
         let (tx, rx) = crossbeam_channel::bounded::<LoadedBatch>(2);
         let (aug, seed, augment_on) = (cfg.augmentation.clone(), cfg.seed, cfg.augment);
         let load_one = move |ds: &Dataset, i: usize| -> Result<Sample> {
-            let s = ds.load(i)?;
+            let s = match &fresh {
+                Some(f) if epoch > 0 => fresh_sample(f, ds, (epoch * ds.len() + i) as u64)?,
+                _ => ds.load(i)?,
+            };
             Ok(if augment_on {
                 let key = seed.wrapping_mul(1_000_003) ^ ((epoch as u64) << 32) ^ i as u64;
                 augment(s, &aug, &mut ChaCha8Rng::seed_from_u64(key))
@@ -408,6 +427,13 @@ impl Prefetch {
     fn next(&self) -> Result<LoadedBatch> {
         self.rx.recv().map_err(|_| OfflineError::Config("the data loader stopped unexpectedly".into()))
     }
+}
+
+/// Sample `k` of the training world, as `Dataset::load` would give it (model scale).
+fn fresh_sample(f: &FreshSampler, ds: &Dataset, k: u64) -> Result<Sample> {
+    let x = f.sample(k).map_err(|e| OfflineError::Sample { id: k as i64, msg: format!("fresh sample {k}: {e:#}") })?;
+    let s = Sample { id: k as i64, query: x.query, sat: x.sat, click: x.click, bbox: x.bbox, category: x.category };
+    Ok(if (ds.scale - 1.0).abs() > 1e-9 { rescale(s, ds.scale) } else { s })
 }
 
 /// `loader_threads` resolved: the configured number, or half the cores (1 to 8).
@@ -526,6 +552,14 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
     }
     let batches_per_epoch = n_train.div_ceil(cfg.batch);
     let n_loader = loader_threads(cfg);
+    let fresh = if cfg.fresh_samples {
+        let f =
+            FreshSampler::open(&a.data, "train").map_err(|e| OfflineError::Config(format!("fresh_samples: {e:#}")))?;
+        tracing::info!("fresh samples from the training world of {}", f.manifest.display());
+        Some(Arc::new(f))
+    } else {
+        None
+    };
     let bar = a.progress.then(|| {
         let pb = indicatif::ProgressBar::new((cfg.epochs * batches_per_epoch) as u64);
         pb.set_style(
@@ -551,7 +585,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
         let batches: Vec<Vec<usize>> = (state.batch_in_epoch..batches_per_epoch)
             .map(|b| order[b * cfg.batch..((b + 1) * cfg.batch).min(n_train)].to_vec())
             .collect();
-        let prefetch = Prefetch::start(train_ds.clone(), batches, cfg, epoch, n_loader);
+        let prefetch = Prefetch::start(train_ds.clone(), fresh.clone(), batches, cfg, epoch, n_loader);
         for b in state.batch_in_epoch..batches_per_epoch {
             let t_step = Instant::now();
             let mut samples: Vec<Sample> = Vec::with_capacity(cfg.batch);

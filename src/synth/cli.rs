@@ -81,14 +81,14 @@ pub fn render_samples(
     out.into_iter().map(|o| o.expect("every slot rendered")).collect()
 }
 
-fn save_jpeg(img: &image::RgbImage, path: &Path, q: u8) -> anyhow::Result<()> {
+pub(crate) fn save_jpeg(img: &image::RgbImage, path: &Path, q: u8) -> anyhow::Result<()> {
     let f = std::fs::File::create(path).map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
     let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(std::io::BufWriter::new(f), q);
     enc.encode_image(img).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
 }
 
 /// The world of a scene folder (needs the `geo` feature for the scene's CRS).
-fn scene_world(dir: &Path) -> anyhow::Result<World> {
+pub(crate) fn scene_world(dir: &Path) -> anyhow::Result<World> {
     #[cfg(feature = "geo")]
     {
         Ok(super::scene::SceneInfo::load(dir)?.world())
@@ -117,7 +117,8 @@ pub fn run_cvogl(a: &CvoglArgs) -> anyhow::Result<serde_json::Value> {
     }
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let extent = (a.world_km * 1000.0, a.world_km * 1000.0);
-    let mut manifest = serde_json::json!({"dataset": a.dataset, "seed": a.seed, "sample_config": cfg, "splits": {}});
+    let mut manifest = serde_json::json!({"dataset": a.dataset, "seed": a.seed, "sample_config": cfg, "splits": {},
+        "world_km": a.world_km, "jpeg_quality": a.jpeg_quality});
     let mut next_id = 0i64;
     let fixed = a.scene.as_deref().map(scene_world).transpose()?;
     if let Some(w) = &fixed {
@@ -133,7 +134,8 @@ pub fn run_cvogl(a: &CvoglArgs) -> anyhow::Result<serde_json::Value> {
                 &generated
             }
         };
-        let samples = render_samples(world, a.seed ^ wseed, n, &cfg, threads);
+        let sample_seed = a.seed ^ wseed;
+        let samples = render_samples(world, sample_seed, n, &cfg, threads);
         let mut recs = Vec::with_capacity(n);
         let mut cats: std::collections::BTreeMap<String, usize> = Default::default();
         let mut same = 0usize;
@@ -159,7 +161,7 @@ pub fn run_cvogl(a: &CvoglArgs) -> anyhow::Result<serde_json::Value> {
         }
         let path = write_split(&a.out, &a.dataset, split, &recs)?;
         manifest["splits"][split] = serde_json::json!({
-            "n": recs.len(), "world_seed": wseed, "file": path, "categories": cats,
+            "n": recs.len(), "world_seed": wseed, "sample_seed": sample_seed, "file": path, "categories": cats,
             "with_same_category_distractor": same,
         });
         tracing::info!(split, n = recs.len(), "written");

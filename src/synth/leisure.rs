@@ -79,8 +79,15 @@ impl Builder {
         let area = (b[2] - b[0]) * (b[3] - b[1]);
         if self.rng.gen_bool(0.3) {
             let r = self.rng.gen_range(12.0..25.0);
-            let c = (self.rng.gen_range(b[0] + r..b[2] - r + 1.0), self.rng.gen_range(b[1] + r..b[3] - r + 1.0));
-            if self.try_occupy(c, r, r) {
+            // a pond only where it fits (blocks may be as small as 30 m)
+            // (the +1 m of slack keeps the worlds of earlier versions unchanged)
+            let fits = b[2] - b[0] > 2.0 * r - 1.0 && b[3] - b[1] > 2.0 * r - 1.0;
+            let c = if fits {
+                (self.rng.gen_range(b[0] + r..b[2] - r + 1.0), self.rng.gen_range(b[1] + r..b[3] - r + 1.0))
+            } else {
+                (f64::NAN, f64::NAN)
+            };
+            if fits && self.try_occupy(c, r, r) {
                 self.push(vec![circle(c, r + 2.0, 32)], Material::Sand, Layer::Ground);
                 self.push(vec![circle(c, r, 32)], Material::Water, Layer::Water);
             }

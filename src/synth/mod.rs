@@ -13,6 +13,7 @@ pub mod camera;
 pub mod cli;
 pub mod cvogl;
 pub mod flight;
+pub mod fresh;
 pub mod geom;
 mod layout;
 mod leisure;

@@ -200,6 +200,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn any_seed_and_size_generates_without_panicking() {
+        // this world (train split of `synth cvogl --seed 3 --world-km 1`) once drew a pond
+        // from an empty range in a small park
+        World::generate(crate::synth::cli::split_world_seed(3, "train"), (1000.0, 1000.0));
+        for seed in 0..24u64 {
+            let side = 300.0 + 100.0 * (seed % 8) as f64;
+            let w = World::generate(seed.wrapping_mul(0x9E37_79B9), (side, side));
+            assert!(!w.objects.is_empty(), "seed {seed}, {side} m: no objects");
+        }
+    }
+
+    #[test]
     fn generation_is_deterministic_and_varied() {
         let a = World::generate(7, (800.0, 700.0));
         let b = World::generate(7, (800.0, 700.0));

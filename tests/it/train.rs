@@ -214,3 +214,55 @@ fn loader_threads_do_not_change_what_is_trained() {
         assert!(t.equal(&wb[k]), "{k} differs between 1 and 3 loader threads");
     }
 }
+
+/// `fresh_samples`: epochs after the first train on new samples from the synthetic
+/// training world; the run differs from one that repeats the files, and resumes exactly.
+#[test]
+fn fresh_samples_train_on_new_data_and_resume_exactly() {
+    let _rng = crate::common::torch_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let a = smgeo::synth::cli::CvoglArgs {
+        out: data.clone(),
+        n_train: 2,
+        n_val: 1,
+        n_test: 0,
+        seed: 3,
+        dataset: DS.into(),
+        world_km: 1.0,
+        threads: Some(2),
+        jpeg_quality: 90,
+        scene: None,
+        sample_config: None,
+    };
+    smgeo::synth::cli::run_cvogl(&a).unwrap();
+    let run = |out: &str, steps: usize, fresh: bool, resume: bool| {
+        let mut config = tiny_config(steps);
+        config.fresh_samples = fresh;
+        config.model.as_mut().unwrap().insert("input_scale".into(), 0.25.into());
+        let a = TrainArgs {
+            config,
+            data: data.clone(),
+            dataset: DS.into(),
+            out: dir.path().join(out),
+            resume,
+            progress: false,
+        };
+        train(&a).unwrap()
+    };
+    let weights = |r: &str| {
+        smgeo::model::weights::read_safetensors(&dir.path().join(r).join("last/weights.safetensors")).unwrap()
+    };
+    let fresh = run("fresh", 3, true, false);
+    let files = run("files", 3, false, false);
+    assert_eq!((fresh.steps, files.steps), (3, 3));
+    let (wf, wd) = (weights("fresh"), weights("files"));
+    assert!(wf.iter().any(|(k, t)| !t.equal(&wd[k])), "fresh samples changed nothing");
+    run("resumed", 2, true, false);
+    let r = run("resumed", 3, true, true);
+    assert_eq!(r.steps, 3);
+    let wr = weights("resumed");
+    for (k, t) in &wf {
+        assert!(t.equal(&wr[k]), "{k} differs after resume with fresh samples");
+    }
+}
