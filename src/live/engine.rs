@@ -34,11 +34,14 @@ pub struct TrackConfig {
     pub max_s: f64,
     /// Tracks per stream at most; the oldest ends when a new one starts.
     pub max_tracks: usize,
+    /// Tracks due on the same frame share its chip and go through the model together,
+    /// at most this many per call (1 = one call per track).
+    pub max_batch: usize,
 }
 
 impl Default for TrackConfig {
     fn default() -> Self {
-        TrackConfig { interval_ms: 1000, max_s: 60.0, max_tracks: 8 }
+        TrackConfig { interval_ms: 1000, max_s: 60.0, max_tracks: 8, max_batch: 8 }
     }
 }
 
@@ -53,6 +56,9 @@ pub enum PromptError {
     Localise(#[from] super::localiser::LocaliseError),
     #[error("track {id} ended: {reason}")]
     TrackEnded { id: String, reason: String },
+    /// A failure shared by every prompt of a batched call (e.g. no chip), as text.
+    #[error("{0}")]
+    Shared(String),
 }
 
 /// One result with its context.
@@ -219,15 +225,17 @@ impl Engine {
                 frame.pts_ns < last || frame.pts_ns + interval / 4 >= last + interval
             })
             .collect();
-        let mut results = Vec::new();
+        let mut results: Vec<Option<Result<Outcome, PromptError>>> = (0..due.len()).map(|_| None).collect();
         let mut ended = Vec::new();
-        for i in due {
-            let t = self.tracks[i].clone();
+        // (position in `due`, track index, click in this frame, track age)
+        let mut todo: Vec<(usize, usize, (f64, f64), u64)> = Vec::new();
+        for (k, &i) in due.iter().enumerate() {
+            let t = &self.tracks[i];
             let end = |reason: String| PromptError::TrackEnded { id: t.prompt.id.clone(), reason };
             let elapsed = frame.pts_ns.saturating_sub(t.last_pts) + t.age_ns;
             if elapsed > max_ns {
                 ended.push(i);
-                results.push(Err(end(format!("reached track.max_s = {} s", self.track_cfg.max_s))));
+                results[k] = Some(Err(end(format!("reached track.max_s = {} s", self.track_cfg.max_s))));
                 continue;
             }
             let geo = telemetry.and_then(|s| FrameGeo::from_telemetry(s, frame.width as f64, frame.height as f64));
@@ -241,26 +249,27 @@ impl Engine {
                 click.filter(|c| c.0 >= 0.0 && c.1 >= 0.0 && c.0 < frame.width as f64 && c.1 < frame.height as f64)
             else {
                 ended.push(i);
-                results.push(Err(end("the object left the view".to_string())));
+                results[k] = Some(Err(end("the object left the view".to_string())));
                 continue;
             };
-            match self.localise(&t.prompt, click, frame, telemetry, Instant::now()) {
-                Ok(out) => {
-                    self.tracks[i].age_ns = elapsed;
-                    self.tracks[i].last_pts = frame.pts_ns;
-                    results.push(Ok(out));
-                }
-                Err(e) => {
-                    self.tracks[i].age_ns = elapsed;
-                    self.tracks[i].last_pts = frame.pts_ns;
-                    results.push(Err(e));
-                }
+            todo.push((k, i, click, elapsed));
+        }
+        // The tracks due on this frame share its chip: one model call per batch.
+        for chunk in todo.chunks(self.track_cfg.max_batch.max(1)) {
+            let prompts: Vec<Prompt> = chunk.iter().map(|c| self.tracks[c.1].prompt.clone()).collect();
+            let clicks: Vec<(f64, f64)> = chunk.iter().map(|c| c.2).collect();
+            let outs = self.localise_many(&prompts, &clicks, frame, telemetry, Instant::now());
+            for (c, r) in chunk.iter().zip(outs) {
+                self.tracks[c.1].age_ns = c.3;
+                self.tracks[c.1].last_pts = frame.pts_ns;
+                results[c.0] = Some(r);
             }
         }
+        ended.sort_unstable();
         for i in ended.into_iter().rev() {
             self.tracks.remove(i);
         }
-        results
+        results.into_iter().flatten().collect()
     }
 
     fn localise(
@@ -271,10 +280,61 @@ impl Engine {
         telemetry: Option<&TelemetryState>,
         received: Instant,
     ) -> Result<Outcome, PromptError> {
-        let (centre, source) = chip_centre(telemetry, self.fallback_centre).ok_or(PromptError::NoCentre)?;
+        let mut v = self.localise_many(std::slice::from_ref(prompt), &[click], frame, telemetry, received);
+        v.pop().unwrap_or_else(|| Err(PromptError::Shared("no result for the prompt".into())))
+    }
+
+    /// Prompts with their clicks on one frame: one chip (from the frame's telemetry), one
+    /// batched model call. A failure of the whole call is reported on every prompt.
+    fn localise_many(
+        &mut self,
+        prompts: &[Prompt],
+        clicks: &[(f64, f64)],
+        frame: &Frame,
+        telemetry: Option<&TelemetryState>,
+        received: Instant,
+    ) -> Vec<Result<Outcome, PromptError>> {
+        let Some((centre, source)) = chip_centre(telemetry, self.fallback_centre) else {
+            return prompts.iter().map(|_| Err(PromptError::NoCentre)).collect();
+        };
         let ground = GeoLonLat { lon: centre.0, lat: centre.1 };
-        let loc =
-            self.localiser.localise(&frame.data, frame.width, frame.height, 3 * frame.width as usize, click, ground)?;
+        let locs = match self.localiser.localise_many(
+            &frame.data,
+            frame.width,
+            frame.height,
+            3 * frame.width as usize,
+            clicks,
+            ground,
+        ) {
+            Ok(v) => v,
+            Err(e) => {
+                let text = e.to_string();
+                let mut first = Some(PromptError::Localise(e));
+                return prompts
+                    .iter()
+                    .map(|_| Err(first.take().unwrap_or_else(|| PromptError::Shared(text.clone()))))
+                    .collect();
+            }
+        };
+        prompts
+            .iter()
+            .zip(clicks)
+            .zip(locs)
+            .map(|((p, &click), loc)| Ok(self.outcome(p, click, frame, telemetry, source, loc?, received)))
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn outcome(
+        &mut self,
+        prompt: &Prompt,
+        click: (f64, f64),
+        frame: &Frame,
+        telemetry: Option<&TelemetryState>,
+        source: CentreSource,
+        loc: Localisation,
+        received: Instant,
+    ) -> Outcome {
         let fc = telemetry.and_then(|t| t.frame_centre());
         let tel = fc.map(|f| TargetTelemetry {
             frame_center: LonLat { lon: f.lon_deg, lat: f.lat_deg },
@@ -303,12 +363,12 @@ impl Engine {
         };
         self.latency.push(latency_ms);
         self.targets += 1;
-        Ok(Outcome {
+        Outcome {
             target: Target::new(ll(loc.center), props),
             localisation: loc,
             click,
             centre_source: source,
             frame_seq: frame.seq,
-        })
+        }
     }
 }

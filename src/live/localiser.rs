@@ -261,56 +261,102 @@ impl Localiser {
         click: (f64, f64),
         ground: LonLat,
     ) -> Result<Localisation> {
+        let mut v = self.localise_many(rgb, width, height, stride, &[click], ground)?;
+        v.pop().unwrap_or_else(|| Err(LocaliseError::Frame("no result for the click".into())))
+    }
+
+    /// Several clicks on one frame, one chip around `ground`: the queries go through the
+    /// model as one batch against the chip's features (read or computed once). A click
+    /// outside the frame fails alone; a chip that cannot be had fails the call. Each
+    /// result's `query_ms` is the batched model call's time.
+    pub fn localise_many(
+        &mut self,
+        rgb: &[u8],
+        width: u32,
+        height: u32,
+        stride: usize,
+        clicks: &[(f64, f64)],
+        ground: LonLat,
+    ) -> Result<Vec<Result<Localisation>>> {
         let t0 = Instant::now();
-        let (cx, cy) = click;
-        if !(cx.is_finite() && cy.is_finite()) || cx < 0.0 || cy < 0.0 || cx >= width as f64 || cy >= height as f64 {
-            return Err(LocaliseError::ClickOutside { x: cx, y: cy, w: width, h: height });
-        }
-        let (query, crop) = self.prepare_query(rgb, width, height, stride, click)?;
+        let prepared: Vec<Result<(tch::Tensor, (u32, u32, u32))>> = clicks
+            .iter()
+            .map(|&(cx, cy)| {
+                if !(cx.is_finite() && cy.is_finite())
+                    || cx < 0.0
+                    || cy < 0.0
+                    || cx >= width as f64
+                    || cy >= height as f64
+                {
+                    return Err(LocaliseError::ClickOutside { x: cx, y: cy, w: width, h: height });
+                }
+                self.prepare_query(rgb, width, height, stride, (cx, cy))
+            })
+            .collect();
         let t_query = Instant::now();
+        let ok: Vec<usize> = (0..prepared.len()).filter(|&i| prepared[i].is_ok()).collect();
+        let mut out: Vec<Option<Result<Localisation>>> = (0..clicks.len()).map(|_| None).collect();
+        if ok.is_empty() {
+            let no = || LocaliseError::Frame("no result for the click".into());
+            return Ok(prepared.into_iter().map(|p| Err(p.err().unwrap_or_else(no))).collect());
+        }
         let (chip, cached, chip_ms, ref_ms) = self.reference(ground)?;
         let t_ref = Instant::now();
-        let det = tch::no_grad(|| -> Result<_> {
-            let qf = self.model.encode_query(&query, false, &mut Trace::off())?;
-            let out = self.model.localise(qf, &chip.feats, false, &mut Trace::off())?;
-            Ok(crate::model::decode(&out.heatmap, &out.bbox, chip.feats.img_hw)[0])
+        let queries: Vec<tch::Tensor> =
+            ok.iter().map(|&i| prepared[i].as_ref().map(|p| p.0.shallow_clone()).expect("prepared")).collect();
+        let dets = tch::no_grad(|| -> Result<_> {
+            let qf = self.model.encode_query(&tch::Tensor::cat(&queries, 0), false, &mut Trace::off())?;
+            let o = self.model.localise(qf, &chip.feats, false, &mut Trace::off())?;
+            Ok(crate::model::decode(&o.heatmap, &o.bbox, chip.feats.img_hw))
         })?;
         let t_model = Instant::now();
-        let b = det.box_xyxy;
-        let pb = PixelBox { x1: b[0] as f64, y1: b[1] as f64, x2: b[2] as f64, y2: b[3] as f64 };
-        // A degenerate (zero-size) box still has a centre: widen it to one pixel.
-        let pb = if pb.x2 - pb.x1 < 1e-3 || pb.y2 - pb.y1 < 1e-3 {
-            let (mx, my) = pb.center();
-            PixelBox { x1: mx - 0.5, y1: my - 0.5, x2: mx + 0.5, y2: my + 0.5 }
-        } else {
-            pb
-        };
-        let g = pixel_box_to_wgs84(&pb, &chip.gt, &chip.crs)?;
-        let t_end = Instant::now();
         let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e3;
         let (model_ms, query_prep_ms) = (ms(t_ref, t_model), ms(t0, t_query));
-        Ok(Localisation {
-            box_px: [pb.x1, pb.y1, pb.x2, pb.y2],
-            score: det.score as f64,
-            center: g.center,
-            footprint: g.ring,
-            width_m: g.width_m,
-            height_m: g.height_m,
-            chip_crs: chip.crs.label(),
-            chip_geotransform: chip.gt.0,
-            chip_sources: chip.sources.clone(),
-            chip_size: chip.size,
-            cached,
-            query_crop: crop,
-            times: StepTimes {
-                query_prep_ms,
-                chip_ms,
-                reference_ms: ref_ms,
-                query_ms: model_ms,
-                georef_ms: ms(t_model, t_end),
-                total_ms: ms(t0, t_end),
-            },
-        })
+        for (&i, det) in ok.iter().zip(dets.iter()) {
+            let crop = prepared[i].as_ref().map(|p| p.1).expect("prepared");
+            let t_g = Instant::now();
+            let b = det.box_xyxy;
+            let pb = PixelBox { x1: b[0] as f64, y1: b[1] as f64, x2: b[2] as f64, y2: b[3] as f64 };
+            // A degenerate (zero-size) box still has a centre: widen it to one pixel.
+            let pb = if pb.x2 - pb.x1 < 1e-3 || pb.y2 - pb.y1 < 1e-3 {
+                let (mx, my) = pb.center();
+                PixelBox { x1: mx - 0.5, y1: my - 0.5, x2: mx + 0.5, y2: my + 0.5 }
+            } else {
+                pb
+            };
+            let r = pixel_box_to_wgs84(&pb, &chip.gt, &chip.crs).map_err(LocaliseError::from).map(|g| Localisation {
+                box_px: [pb.x1, pb.y1, pb.x2, pb.y2],
+                score: det.score as f64,
+                center: g.center,
+                footprint: g.ring,
+                width_m: g.width_m,
+                height_m: g.height_m,
+                chip_crs: chip.crs.label(),
+                chip_geotransform: chip.gt.0,
+                chip_sources: chip.sources.clone(),
+                chip_size: chip.size,
+                cached,
+                query_crop: crop,
+                times: StepTimes {
+                    query_prep_ms,
+                    chip_ms,
+                    reference_ms: ref_ms,
+                    query_ms: model_ms,
+                    georef_ms: ms(t_g, Instant::now()),
+                    total_ms: ms(t0, Instant::now()),
+                },
+            });
+            out[i] = Some(r);
+        }
+        Ok(out
+            .into_iter()
+            .zip(prepared)
+            .map(|(o, p)| match (o, p) {
+                (Some(r), _) => r,
+                (None, Err(e)) => Err(e),
+                (None, Ok(_)) => Err(LocaliseError::Frame("no result for the click".into())),
+            })
+            .collect())
     }
 
     /// Square crop around the click → (1, 4, q, q) input on the device.

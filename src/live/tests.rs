@@ -72,7 +72,7 @@ fn live_config(f: &Fixture, streams: Vec<StreamSection>, mqtt_port: u16, spool: 
         model: ModelSection { checkpoint: Some(f.checkpoint.clone()), ..Default::default() },
         mosaic: SceneInfo::load(&f.scene).unwrap().mosaic_path(),
         localiser: LocaliserConfig { chip_px: 256, chip_gsd_m: 1.0, query_px: 128, ..Default::default() },
-        track: TrackConfig { interval_ms: 400, max_s: 30.0, max_tracks: 4 },
+        track: TrackConfig { interval_ms: 400, max_s: 30.0, max_tracks: 4, max_batch: 8 },
         mqtt: MqttSection { port: mqtt_port, spool_dir: spool, ..Default::default() },
         streams,
     }
@@ -358,6 +358,104 @@ fn ground_outside_the_mosaic_is_an_error_and_the_localiser_goes_on() {
     assert_eq!(loc.cache_stats(), (1, 2, 1));
 }
 
+/// Several clicks on one frame go through the model as one batch against the chip: the
+/// same boxes and scores as one call per click; a click outside the frame fails alone.
+#[test]
+fn batched_clicks_match_one_call_per_click() {
+    let f = fixture();
+    let scene = SceneInfo::load(&f.scene).unwrap();
+    let lc = LocaliserConfig { chip_px: 256, chip_gsd_m: 1.0, query_px: 128, ..Default::default() };
+    let mut loc = Localiser::new(
+        &tiny_model_config(),
+        &f.checkpoint.join("weights.safetensors"),
+        &MosaicSpec::from_path(scene.mosaic_path()),
+        lc,
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    let (w, h) = (160u32, 96u32);
+    let frame: Vec<u8> = (0..w * h * 3).map(|i| ((i * 37 + (i / (3 * w)) * 11) % 251) as u8).collect();
+    let b = scene.bounds_wgs84;
+    let inside = LonLat { lon: (b[0] + b[2]) / 2.0, lat: (b[1] + b[3]) / 2.0 };
+    let clicks = [(20.0, 20.0), (150.0, 80.0), (500.0, 10.0), (80.0, 48.0)];
+    let many = loc.localise_many(&frame, w, h, 3 * w as usize, &clicks, inside).unwrap();
+    assert_eq!(many.len(), 4);
+    assert!(matches!(many[2], Err(super::localiser::LocaliseError::ClickOutside { .. })));
+    for (k, &c) in clicks.iter().enumerate().filter(|(k, _)| *k != 2) {
+        let one = loc.localise(&frame, w, h, 3 * w as usize, c, inside).unwrap();
+        let got = many[k].as_ref().unwrap();
+        for j in 0..4 {
+            assert!((got.box_px[j] - one.box_px[j]).abs() < 1e-3, "click {k}: {:?} vs {:?}", got.box_px, one.box_px);
+        }
+        assert!((got.score - one.score).abs() < 1e-5, "click {k}: {} vs {}", got.score, one.score);
+        assert_eq!(got.query_crop, one.query_crop);
+    }
+    // The chip was read and encoded once, for the batch; the single calls hit the cache.
+    assert_eq!(loc.cache_stats(), (3, 1, 1));
+    // Different clicks see different crops, so the batch did not repeat one query.
+    let crops: Vec<_> = [0, 1, 3].iter().map(|&k| many[k].as_ref().unwrap().query_crop).collect();
+    assert!(crops[0] != crops[1] && crops[1] != crops[2]);
+}
+
+/// Three tracks due on one frame: the engine answers each, in track order, with the same
+/// boxes whether it batches them (max_batch 8) or not (max_batch 1).
+#[test]
+fn engine_batches_tracks_due_on_one_frame() {
+    use super::engine::Engine;
+    use crate::ingest::Frame;
+    use crate::publish::message::ModelInfo;
+    use crate::publish::{Prompt, PromptMode};
+    let f = fixture();
+    let scene = SceneInfo::load(&f.scene).unwrap();
+    let b = scene.bounds_wgs84;
+    let centre = Some(((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0));
+    let (w, h) = (160u32, 96u32);
+    let frame = |pts_ns: u64| Frame {
+        pts_ns,
+        width: w,
+        height: h,
+        data: (0..w * h * 3).map(|i| ((i * 29 + (i / (3 * w)) * 7) % 253) as u8).collect::<Vec<u8>>().into(),
+        seq: pts_ns / 1_000_000,
+        arrived: Instant::now(),
+    };
+    let run = |max_batch: usize| {
+        let lc = LocaliserConfig { chip_px: 256, chip_gsd_m: 1.0, query_px: 128, ..Default::default() };
+        let loc = Localiser::new(
+            &tiny_model_config(),
+            &f.checkpoint.join("weights.safetensors"),
+            &MosaicSpec::from_path(scene.mosaic_path()),
+            lc,
+            tch::Device::Cpu,
+        )
+        .unwrap();
+        let model = ModelInfo { preset: "paper".into(), weights_sha256: "0".repeat(64) };
+        let tc = TrackConfig { interval_ms: 100, max_s: 10.0, max_tracks: 4, max_batch };
+        let mut e = Engine::new("s", loc, model, centre, tc);
+        for (k, x) in [20.0, 80.0, 150.0].into_iter().enumerate() {
+            let p = Prompt { id: format!("t{k}"), x, y: 40.0 + 10.0 * k as f64, pts_ns: None, mode: PromptMode::Track };
+            e.handle_prompt(&p, &frame(0), None, Instant::now()).unwrap();
+        }
+        let out = e.update_tracks(&frame(200_000_000), None);
+        assert_eq!(out.len(), 3);
+        out.into_iter()
+            .map(|r| {
+                let o = r.unwrap();
+                (o.target.properties.prompt_id.clone(), o.localisation.box_px)
+            })
+            .collect::<Vec<_>>()
+    };
+    let batched = run(8);
+    let single = run(1);
+    let ids: Vec<&str> = batched.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(ids, ["t0", "t1", "t2"]);
+    for (a, s) in batched.iter().zip(&single) {
+        assert_eq!(a.0, s.0);
+        for j in 0..4 {
+            assert!((a.1[j] - s.1[j]).abs() < 1e-3, "{}: {:?} vs {:?}", a.0, a.1, s.1);
+        }
+    }
+}
+
 /// Broker killed mid-track and restarted: the targets produced while it was down wait in
 /// the spool and arrive after the restart — none lost, none duplicated, in frame order.
 #[test]
@@ -379,7 +477,7 @@ fn broker_restart_mid_track_loses_and_duplicates_nothing() {
         stall_timeout_ms: 2000,
     };
     let mut cfg = live_config(f, vec![stream], broker.port, Some(d.path().join("spool")));
-    cfg.track = TrackConfig { interval_ms: 300, max_s: 120.0, max_tracks: 2 };
+    cfg.track = TrackConfig { interval_ms: 300, max_s: 120.0, max_tracks: 2, max_batch: 8 };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let mut targets = rt.block_on(Subscriber::connect(broker.port, "t-bk", "smgeo/uav-bk/targets", false));
     let stop = Arc::new(AtomicBool::new(false));

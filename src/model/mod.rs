@@ -145,19 +145,22 @@ impl Smgeo {
     /// Fusion and head on encoded features. Consumes the MoE records of both.
     pub fn localise(&self, q: QueryFeatures, r: &RefFeatures, train: bool, trace: &mut Trace) -> Result<Outputs> {
         let (bq, br) = (q.tokens.size()[0], r.tokens.size()[0]);
-        if bq != br {
+        if bq != br && br != 1 {
             return Err(ModelError::Input(format!("query batch {bq} ≠ satellite batch {br}")));
         }
+        // One reference for several queries (prompts on the same chip): a broadcast view.
+        let ref_tokens =
+            if br == 1 && bq > 1 { r.tokens.expand([bq, -1, -1, -1], false) } else { r.tokens.shallow_clone() };
         let query_vec = match &self.fusion {
             Some(f) => f.pool_query(&q.tokens, &q.click),
             None => q.tokens.mean_dim(&[1i64, 2][..], false, Kind::Float),
         };
         let (fused, attn) = match &self.fusion {
             Some(f) => {
-                let (x, a) = f.forward(&r.tokens, &query_vec);
+                let (x, a) = f.forward(&ref_tokens, &query_vec);
                 (x, Some(a))
             }
-            None => (r.tokens.shallow_clone(), None),
+            None => (ref_tokens, None),
         };
         let feat = fused.permute([0, 3, 1, 2]); // (B, Hf, Wf, C) -> (B, C, Hf, Wf)
         trace.put("inter.query_vec", || query_vec.shallow_clone());

@@ -40,6 +40,10 @@ pub struct TrainCmd {
     /// dataset's training world (config `fresh_samples`).
     #[arg(long)]
     pub fresh_samples: bool,
+    /// Threads reading and augmenting (or rendering) batches ahead (config
+    /// `loader_threads`; 0 = half the cores).
+    #[arg(long)]
+    pub loader_threads: Option<usize>,
     /// No progress bar (logs only).
     #[arg(long)]
     pub quiet: bool,
@@ -89,6 +93,9 @@ pub fn run_train(c: &TrainCmd) -> anyhow::Result<()> {
     }
     if c.fresh_samples {
         config.fresh_samples = true;
+    }
+    if let Some(n) = c.loader_threads {
+        config.loader_threads = n;
     }
     if let Some(m) = c.max_minutes {
         config.max_minutes = m;
