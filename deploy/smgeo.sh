@@ -12,6 +12,8 @@ verb="${1:-}"; shift || true
 case "$verb" in
   test)
     cargo build --release --locked --bins
+    # the model-only build (no GStreamer, no GDAL) that GPU machines run must keep compiling
+    cargo check --release --locked --no-default-features --bins --target-dir target/model-only
     cargo test --release --locked -- --test-threads 2 "$@"
     ;;
   demo)
