@@ -268,12 +268,9 @@ pub fn bench_train(a: &BenchTrainArgs) -> anyhow::Result<Value> {
         }
     }
     let (rss_peak, rss_now) = rss_bytes();
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[(v.len() - 1) / 2]
-    };
-    let per_batch_ms = median(&step_ms) + median(&collate_ms);
+    let (step_ms, collate_ms) = (stats(step_ms), stats(collate_ms));
+    let per_batch_ms =
+        step_ms["median"].as_f64().unwrap_or(f64::NAN) + collate_ms["median"].as_f64().unwrap_or(f64::NAN);
     Ok(json!({
         "bench": "train",
         "config": a.config.display().to_string(),
@@ -285,8 +282,8 @@ pub fn bench_train(a: &BenchTrainArgs) -> anyhow::Result<Value> {
         "query_hw": [qs, qs],
         "sat_hw": [ss, ss],
         "input_scale": mcfg.input_scale,
-        "step_ms": stats(step_ms),
-        "collate_ms": stats(collate_ms),
+        "step_ms": step_ms,
+        "collate_ms": collate_ms,
         "samples_per_s": cfg.batch as f64 * 1e3 / per_batch_ms,
         "peak_rss_bytes": rss_peak,
         "peak_rss_bytes_before_training": rss_peak_before,

@@ -265,7 +265,7 @@ impl Engine {
                 results[c.0] = Some(r);
             }
         }
-        ended.sort_unstable();
+        // `ended` is in increasing order (it follows `due`): remove from the back.
         for i in ended.into_iter().rev() {
             self.tracks.remove(i);
         }

@@ -177,6 +177,18 @@ pub struct Localiser {
 }
 
 /// Round `x` to the nearest positive multiple of `m`.
+/// The decoded box in chip pixels; a degenerate (zero-size) box still has a centre, so
+/// it is widened to one pixel.
+fn widen_degenerate(b: [f32; 4]) -> PixelBox {
+    let pb = PixelBox { x1: b[0] as f64, y1: b[1] as f64, x2: b[2] as f64, y2: b[3] as f64 };
+    if pb.x2 - pb.x1 < 1e-3 || pb.y2 - pb.y1 < 1e-3 {
+        let (mx, my) = pb.center();
+        PixelBox { x1: mx - 0.5, y1: my - 0.5, x2: mx + 0.5, y2: my + 0.5 }
+    } else {
+        pb
+    }
+}
+
 fn to_multiple(x: f64, m: i64) -> i64 {
     ((x / m as f64).round() as i64).max(1) * m
 }
@@ -294,16 +306,13 @@ impl Localiser {
             })
             .collect();
         let t_query = Instant::now();
-        let ok: Vec<usize> = (0..prepared.len()).filter(|&i| prepared[i].is_ok()).collect();
-        let mut out: Vec<Option<Result<Localisation>>> = (0..clicks.len()).map(|_| None).collect();
-        if ok.is_empty() {
-            let no = || LocaliseError::Frame("no result for the click".into());
-            return Ok(prepared.into_iter().map(|p| Err(p.err().unwrap_or_else(no))).collect());
+        let queries: Vec<tch::Tensor> = prepared.iter().flatten().map(|p| p.0.shallow_clone()).collect();
+        if queries.is_empty() {
+            // Every click failed on its own: those errors, without reading a chip.
+            return Ok(prepared.into_iter().map(|p| p.and(Err(LocaliseError::Frame("no query".into())))).collect());
         }
         let (chip, cached, chip_ms, ref_ms) = self.reference(ground)?;
         let t_ref = Instant::now();
-        let queries: Vec<tch::Tensor> =
-            ok.iter().map(|&i| prepared[i].as_ref().map(|p| p.0.shallow_clone()).expect("prepared")).collect();
         let dets = tch::no_grad(|| -> Result<_> {
             let qf = self.model.encode_query(&tch::Tensor::cat(&queries, 0), false, &mut Trace::off())?;
             let o = self.model.localise(qf, &chip.feats, false, &mut Trace::off())?;
@@ -311,50 +320,41 @@ impl Localiser {
         })?;
         let t_model = Instant::now();
         let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e3;
-        let (model_ms, query_prep_ms) = (ms(t_ref, t_model), ms(t0, t_query));
-        for (&i, det) in ok.iter().zip(dets.iter()) {
-            let crop = prepared[i].as_ref().map(|p| p.1).expect("prepared");
-            let t_g = Instant::now();
-            let b = det.box_xyxy;
-            let pb = PixelBox { x1: b[0] as f64, y1: b[1] as f64, x2: b[2] as f64, y2: b[3] as f64 };
-            // A degenerate (zero-size) box still has a centre: widen it to one pixel.
-            let pb = if pb.x2 - pb.x1 < 1e-3 || pb.y2 - pb.y1 < 1e-3 {
-                let (mx, my) = pb.center();
-                PixelBox { x1: mx - 0.5, y1: my - 0.5, x2: mx + 0.5, y2: my + 0.5 }
-            } else {
-                pb
-            };
-            let r = pixel_box_to_wgs84(&pb, &chip.gt, &chip.crs).map_err(LocaliseError::from).map(|g| Localisation {
-                box_px: [pb.x1, pb.y1, pb.x2, pb.y2],
-                score: det.score as f64,
-                center: g.center,
-                footprint: g.ring,
-                width_m: g.width_m,
-                height_m: g.height_m,
-                chip_crs: chip.crs.label(),
-                chip_geotransform: chip.gt.0,
-                chip_sources: chip.sources.clone(),
-                chip_size: chip.size,
-                cached,
-                query_crop: crop,
-                times: StepTimes {
-                    query_prep_ms,
-                    chip_ms,
-                    reference_ms: ref_ms,
-                    query_ms: model_ms,
-                    georef_ms: ms(t_g, Instant::now()),
-                    total_ms: ms(t0, Instant::now()),
-                },
-            });
-            out[i] = Some(r);
-        }
-        Ok(out
+        let mut times = StepTimes {
+            query_prep_ms: ms(t0, t_query),
+            chip_ms,
+            reference_ms: ref_ms,
+            query_ms: ms(t_ref, t_model),
+            georef_ms: 0.0,
+            total_ms: 0.0,
+        };
+        // One detection per prepared query, in click order.
+        let mut dets = dets.into_iter();
+        Ok(prepared
             .into_iter()
-            .zip(prepared)
-            .map(|(o, p)| match (o, p) {
-                (Some(r), _) => r,
-                (None, Err(e)) => Err(e),
-                (None, Ok(_)) => Err(LocaliseError::Frame("no result for the click".into())),
+            .map(|p| {
+                let (_, crop) = p?;
+                let det = dets.next().ok_or_else(|| LocaliseError::Frame("no detection for the click".into()))?;
+                let t_g = Instant::now();
+                let pb = widen_degenerate(det.box_xyxy);
+                let g = pixel_box_to_wgs84(&pb, &chip.gt, &chip.crs)?;
+                times.georef_ms = ms(t_g, Instant::now());
+                times.total_ms = ms(t0, Instant::now());
+                Ok(Localisation {
+                    box_px: [pb.x1, pb.y1, pb.x2, pb.y2],
+                    score: det.score as f64,
+                    center: g.center,
+                    footprint: g.ring,
+                    width_m: g.width_m,
+                    height_m: g.height_m,
+                    chip_crs: chip.crs.label(),
+                    chip_geotransform: chip.gt.0,
+                    chip_sources: chip.sources.clone(),
+                    chip_size: chip.size,
+                    cached,
+                    query_crop: crop,
+                    times,
+                })
             })
             .collect())
     }

@@ -65,6 +65,14 @@ fn tiny_model_config() -> ModelConfig {
     .unwrap()
 }
 
+/// The fixture's tiny model on the scene mosaic: 256 px chips at 1 m, 128 px queries, CPU.
+fn tiny_localiser(f: &Fixture, scene: &SceneInfo) -> Localiser {
+    let lc = LocaliserConfig { chip_px: 256, chip_gsd_m: 1.0, query_px: 128, ..Default::default() };
+    let weights = f.checkpoint.join("weights.safetensors");
+    Localiser::new(&tiny_model_config(), &weights, &MosaicSpec::from_path(scene.mosaic_path()), lc, tch::Device::Cpu)
+        .unwrap()
+}
+
 fn live_config(f: &Fixture, streams: Vec<StreamSection>, mqtt_port: u16, spool: Option<PathBuf>) -> LiveConfig {
     LiveConfig {
         device: "cpu".into(),
@@ -137,16 +145,7 @@ fn true_box_through_the_chip_chain_is_within_half_a_metre() {
     let scene = SceneInfo::load(&f.scene).unwrap();
     let world = scene.world();
     let truth: Vec<Truth> = read_jsonl(&f.flight.join("truth.jsonl")).unwrap();
-    let m = tiny_model_config();
-    let lc = LocaliserConfig { chip_px: 256, chip_gsd_m: 1.0, query_px: 128, ..Default::default() };
-    let mut loc = Localiser::new(
-        &m,
-        &f.checkpoint.join("weights.safetensors"),
-        &MosaicSpec::from_path(scene.mosaic_path()),
-        lc,
-        tch::Device::Cpu,
-    )
-    .unwrap();
+    let mut loc = tiny_localiser(f, &scene);
     let frame = vec![128u8; 64 * 64 * 3];
     for t in &truth {
         let obj = world.objects.iter().find(|o| Some(o.id as u64) == t.object_id).expect("truth object in the world");
@@ -333,15 +332,7 @@ fn run_over_rtsp_mp2t_uses_the_klv_that_travels_with_the_video() {
 fn ground_outside_the_mosaic_is_an_error_and_the_localiser_goes_on() {
     let f = fixture();
     let scene = SceneInfo::load(&f.scene).unwrap();
-    let lc = LocaliserConfig { chip_px: 256, chip_gsd_m: 1.0, query_px: 128, ..Default::default() };
-    let mut loc = Localiser::new(
-        &tiny_model_config(),
-        &f.checkpoint.join("weights.safetensors"),
-        &MosaicSpec::from_path(scene.mosaic_path()),
-        lc,
-        tch::Device::Cpu,
-    )
-    .unwrap();
+    let mut loc = tiny_localiser(f, &scene);
     let frame = vec![100u8; 96 * 64 * 3];
     let far = LonLat { lon: scene.bounds_wgs84[2] + 0.05, lat: scene.bounds_wgs84[3] + 0.05 };
     let e = loc.localise(&frame, 96, 64, 96 * 3, (40.0, 30.0), far).unwrap_err();
@@ -364,15 +355,7 @@ fn ground_outside_the_mosaic_is_an_error_and_the_localiser_goes_on() {
 fn batched_clicks_match_one_call_per_click() {
     let f = fixture();
     let scene = SceneInfo::load(&f.scene).unwrap();
-    let lc = LocaliserConfig { chip_px: 256, chip_gsd_m: 1.0, query_px: 128, ..Default::default() };
-    let mut loc = Localiser::new(
-        &tiny_model_config(),
-        &f.checkpoint.join("weights.safetensors"),
-        &MosaicSpec::from_path(scene.mosaic_path()),
-        lc,
-        tch::Device::Cpu,
-    )
-    .unwrap();
+    let mut loc = tiny_localiser(f, &scene);
     let (w, h) = (160u32, 96u32);
     let frame: Vec<u8> = (0..w * h * 3).map(|i| ((i * 37 + (i / (3 * w)) * 11) % 251) as u8).collect();
     let b = scene.bounds_wgs84;
@@ -419,15 +402,7 @@ fn engine_batches_tracks_due_on_one_frame() {
         arrived: Instant::now(),
     };
     let run = |max_batch: usize| {
-        let lc = LocaliserConfig { chip_px: 256, chip_gsd_m: 1.0, query_px: 128, ..Default::default() };
-        let loc = Localiser::new(
-            &tiny_model_config(),
-            &f.checkpoint.join("weights.safetensors"),
-            &MosaicSpec::from_path(scene.mosaic_path()),
-            lc,
-            tch::Device::Cpu,
-        )
-        .unwrap();
+        let loc = tiny_localiser(f, &scene);
         let model = ModelInfo { preset: "paper".into(), weights_sha256: "0".repeat(64) };
         let tc = TrackConfig { interval_ms: 100, max_s: 10.0, max_tracks: 4, max_batch };
         let mut e = Engine::new("s", loc, model, centre, tc);

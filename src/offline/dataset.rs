@@ -91,7 +91,17 @@ impl Dataset {
         let query = read(r.query_path(self.dir()), self.geometry.query_hw, "query")?;
         let sat = read(r.sat_path(self.dir()), self.geometry.sat_hw, "satellite")?;
         let s = Sample { id: r.id, query, sat, click: r.click, bbox: r.bbox, category: r.category.clone() };
-        Ok(if (self.scale - 1.0).abs() > 1e-9 { rescale(s, self.scale) } else { s })
+        Ok(self.to_model_scale(s))
+    }
+
+    /// A full-size sample (files of this dataset, or drawn like them) at the model's
+    /// `scale`.
+    pub fn to_model_scale(&self, s: Sample) -> Sample {
+        if (self.scale - 1.0).abs() > 1e-9 {
+            rescale(s, self.scale)
+        } else {
+            s
+        }
     }
 
     /// Satellite (height, width) the model sees.

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Kind, Tensor};
 
 use super::augment::AugmentConfig;
-use super::dataset::{augment, collate, rescale, Dataset, Sample};
+use super::dataset::{augment, collate, Dataset, Sample};
 use super::eval::{evaluate, EvalOptions};
 use super::{OfflineError, Result};
 use crate::model::{loss, weights, ModelConfig, Preset, Smgeo, Trace};
@@ -431,9 +431,8 @@ impl Prefetch {
 
 /// Sample `k` of the training world, as `Dataset::load` would give it (model scale).
 fn fresh_sample(f: &FreshSampler, ds: &Dataset, k: u64) -> Result<Sample> {
-    let x = f.sample(k).map_err(|e| OfflineError::Sample { id: k as i64, msg: format!("fresh sample {k}: {e:#}") })?;
-    let s = Sample { id: k as i64, query: x.query, sat: x.sat, click: x.click, bbox: x.bbox, category: x.category };
-    Ok(if (ds.scale - 1.0).abs() > 1e-9 { rescale(s, ds.scale) } else { s })
+    let s = f.sample(k).map_err(|e| OfflineError::Sample { id: k as i64, msg: format!("fresh sample {k}: {e:#}") })?;
+    Ok(ds.to_model_scale(s))
 }
 
 /// `loader_threads` resolved: the configured number, or half the cores (1 to 8).

@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::cvogl::{make_sample, SampleConfig};
 use super::world::World;
+use crate::offline::dataset::Sample;
 
 /// A split's world and sampling, read from `manifest.json`.
 #[derive(Debug)]
@@ -23,16 +24,6 @@ pub struct FreshSampler {
     cfg: SampleConfig,
     jpeg_quality: u8,
     pub manifest: PathBuf,
-}
-
-/// One drawn sample after the same JPEG round trip as the written files.
-#[derive(Debug, Clone)]
-pub struct FreshSample {
-    pub query: RgbImage,
-    pub sat: RgbImage,
-    pub click: (f64, f64),
-    pub bbox: [f64; 4],
-    pub category: String,
 }
 
 impl FreshSampler {
@@ -75,8 +66,9 @@ impl FreshSampler {
         Ok(FreshSampler { world, seed, cfg, jpeg_quality, manifest })
     }
 
-    /// Sample of stream `k`, JPEG-encoded and decoded at the dataset's quality.
-    pub fn sample(&self, k: u64) -> anyhow::Result<FreshSample> {
+    /// Sample of stream `k` (id `k`), at full size, after the same JPEG round trip as
+    /// the written files.
+    pub fn sample(&self, k: u64) -> anyhow::Result<Sample> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(k);
         let s = make_sample(&self.world, &mut rng, &self.cfg)?;
@@ -85,17 +77,24 @@ impl FreshSampler {
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, self.jpeg_quality).encode_image(img)?;
             Ok(image::load_from_memory_with_format(&buf, image::ImageFormat::Jpeg)?.to_rgb8())
         };
-        Ok(FreshSample { query: rt(&s.query)?, sat: rt(&s.sat)?, click: s.click, bbox: s.bbox, category: s.category })
+        Ok(Sample {
+            id: k as i64,
+            query: rt(&s.query)?,
+            sat: rt(&s.sat)?,
+            click: s.click,
+            bbox: s.bbox,
+            category: s.category,
+        })
     }
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::offline::dataset::Dataset;
 
     /// A tiny synthetic CVOGL dataset (2 train, 1 val, 0 test) in `dir`.
-    pub(crate) fn tiny_synth_dataset(dir: &Path, seed: u64) {
+    fn tiny_synth_dataset(dir: &Path, seed: u64) {
         let a = crate::synth::cli::CvoglArgs {
             out: dir.to_path_buf(),
             n_train: 2,
