@@ -3,9 +3,11 @@
 # (build it here first: deploy/gpu_build.sh). Everything it measures lands in $OUT:
 #   gpu_check.log       the whole log
 #   golden_cuda.jsonl   every golden tensor of the release preset on CUDA vs the official code
-#   bench_model.json    forward latency, both presets, CVOGL sizes, batch 1
-#   bench_train.json    training step throughput and memory, paper preset, batch 8
-#   train.json / eval.json   a short fresh-sample training of the synthetic benchmark
+#   bench_model_{f32,bf16,f16}.json   forward latency, both presets, CVOGL sizes, batch 1
+#   bench_model_bf16_b8.json          the same at batch 8 (throughput)
+#   bench_train_{f32,bf16}.json       training step throughput and memory, paper preset, batch 8
+#   train.json / eval.json   a short fresh-sample training (bf16 mixed precision) of the synthetic benchmark
+#   precision_{bf16,f16}.json         the trained model in bf16/f16 vs float32 on the test split
 # Budget: about 8 minutes; TRAIN_MIN (default 3) sets the training part. Knobs for a smoke
 # run on a CPU machine: DEV=cpu BIN=target/release/smgeo RUNS=1 TRAIN_BATCH=1 N_TRAIN=40 TRAIN_MIN=1
 set -uo pipefail
@@ -27,9 +29,14 @@ python3 deploy/compare_safetensors.py $g/tiny_io.safetensors "$OUT/tiny_cuda.saf
   > "$OUT/golden_cuda.jsonl" 2>> "$log"; tail -n 1 "$OUT/golden_cuda.jsonl" | tee -a "$log"
 rm -f "$OUT/tiny_cuda.safetensors"
 step "bench model"
-timeout 120 $bin bench model --device "$DEV" --runs "${RUNS:-20}" --warmup 3 > "$OUT/bench_model.json" 2>> "$log"
+for p in f32 bf16 f16; do
+  timeout 120 $bin bench model --device "$DEV" --runs "${RUNS:-20}" --warmup 3 --precision $p > "$OUT/bench_model_$p.json" 2>> "$log"
+done
+timeout 120 $bin bench model --device "$DEV" --runs "${RUNS:-20}" --warmup 3 --precision bf16 --batch 8 > "$OUT/bench_model_bf16_b8.json" 2>> "$log"
 step "bench train"
-timeout 120 $bin bench train --device "$DEV" --batch "${TRAIN_BATCH:-8}" --steps 5 --warmup 2 > "$OUT/bench_train.json" 2>> "$log"
+for p in f32 bf16; do
+  timeout 120 $bin bench train --device "$DEV" --batch "${TRAIN_BATCH:-8}" --steps 5 --warmup 2 --precision $p > "$OUT/bench_train_$p.json" 2>> "$log"
+done
 step "fresh-sample training of the synthetic benchmark"
 d=/tmp/smgeo-data
 $bin synth cvogl --out $d --n-train "${N_TRAIN:-400}" --n-val 60 --n-test 150 --seed 7 --threads "$(nproc)" > /dev/null 2>> "$log"
@@ -39,4 +46,9 @@ timeout $(( ${TRAIN_MIN:-3} * 60 + 90 )) $bin train --config config/bench_synth.
 timeout 120 $bin eval --weights /tmp/smgeo-run/best --data $d --split test --device "$DEV" --examples 0 \
   --out /tmp/smgeo-eval > "$OUT/eval.json" 2>> "$log"
 cp /tmp/smgeo-run/last/state.json "$OUT/train_state.json" 2>/dev/null
+step "reduced precision vs float32 on the trained model"
+for p in bf16 f16; do
+  timeout 90 $bin bench precision --weights /tmp/smgeo-run/best --data $d --split test --device "$DEV" --precision $p \
+    > "$OUT/precision_$p.json" 2>> "$log"
+done
 step "done"

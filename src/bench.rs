@@ -35,6 +35,9 @@ pub struct BenchModelArgs {
     /// Model config files to measure instead of the presets (variants, ablations).
     #[arg(long)]
     pub config: Vec<std::path::PathBuf>,
+    /// Inference precision (auto: bf16 on CUDA, f32 on CPU).
+    #[arg(long, value_enum, default_value_t = model::Precision::Auto)]
+    pub precision: model::Precision,
 }
 
 fn parse_hw(s: &str) -> std::result::Result<(i64, i64), String> {
@@ -85,7 +88,8 @@ pub fn bench_model(a: &BenchModelArgs) -> Result<Value> {
     }
     for (label, cfg) in cfgs {
         tch::manual_seed(0);
-        let (vs, m) = build(&cfg, dev)?;
+        let (mut vs, m) = build(&cfg, dev)?;
+        m.set_precision(&mut vs, a.precision.kind(dev))?;
         let q = Tensor::randn([a.batch, 4, a.query.0, a.query.1], (Kind::Float, dev));
         let s = Tensor::randn([a.batch, 3, a.sat.0, a.sat.1], (Kind::Float, dev));
         let full = time_ms(dev, a.runs, a.warmup, || {
@@ -118,6 +122,7 @@ pub fn bench_model(a: &BenchModelArgs) -> Result<Value> {
         "device": crate::device::describe(dev),
         "threads": tch::get_num_threads(),
         "batch": a.batch,
+        "precision": model::Precision::name_of(a.precision.kind(dev)),
         "query_hw": [a.query.0, a.query.1],
         "sat_hw": [a.sat.0, a.sat.1],
         "warmup": a.warmup,
@@ -186,6 +191,9 @@ pub struct BenchTrainArgs {
     /// Model preset (overrides the config's).
     #[arg(long, value_enum)]
     pub model_preset: Option<Preset>,
+    /// Compute precision (overrides the config's).
+    #[arg(long, value_enum)]
+    pub precision: Option<model::Precision>,
 }
 
 /// Peak and current resident set size of this process (bytes), from /proc.
@@ -219,6 +227,9 @@ pub fn bench_train(a: &BenchTrainArgs) -> anyhow::Result<Value> {
     if let Some(p) = a.model_preset {
         cfg.preset = p;
     }
+    if let Some(p) = a.precision {
+        cfg.precision = p;
+    }
     cfg.validate()?;
     if let Some(t) = a.threads.or(cfg.threads) {
         tch::set_num_threads(t);
@@ -226,7 +237,8 @@ pub fn bench_train(a: &BenchTrainArgs) -> anyhow::Result<Value> {
     let dev = crate::device::select(&cfg.device)?;
     let mcfg = cfg.model_config()?;
     tch::manual_seed(cfg.seed as i64);
-    let (vs, m) = build(&mcfg, dev)?;
+    let (vs, mut m) = build(&mcfg, dev)?;
+    m.set_compute_kind(Some(cfg.precision.kind(dev)))?;
     let mut opt = AdamW::new(&vs);
     let sc = |n: u32| ((n as f64 * mcfg.input_scale).round() as u32).max(32);
     let (qs, ss) = (sc(256), sc(1024));
@@ -277,6 +289,7 @@ pub fn bench_train(a: &BenchTrainArgs) -> anyhow::Result<Value> {
         "device": crate::device::describe(dev),
         "threads": tch::get_num_threads(),
         "preset": mcfg.preset.to_string(),
+        "precision": model::Precision::name_of(m.compute_kind()),
         "params": model::count_params(&vs),
         "batch": cfg.batch,
         "query_hw": [qs, qs],
@@ -290,5 +303,141 @@ pub fn bench_train(a: &BenchTrainArgs) -> anyhow::Result<Value> {
         "rss_bytes_after": rss_now,
         "losses": losses,
         "note": "random images; excludes JPEG decoding and augmentation; peak RSS is host memory of the whole process",
+    }))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchPrecisionArgs {
+    /// Weights: a checkpoint folder (weights.safetensors + model.json) or a file.
+    #[arg(long)]
+    pub weights: std::path::PathBuf,
+    #[command(flatten)]
+    pub model: crate::weights_cli::ModelChoice,
+    /// CVOGL-format dataset root (real or `smgeo synth cvogl`).
+    #[arg(long)]
+    pub data: std::path::PathBuf,
+    #[arg(long, default_value = "CVOGL_DroneAerial")]
+    pub dataset: String,
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// At most this many samples (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// The reduced precision compared with float32.
+    #[arg(long, value_enum, default_value_t = model::Precision::Bf16)]
+    pub precision: model::Precision,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// `smgeo bench precision`: the same weights in float32 and in a reduced precision on
+/// a dataset split — how often the argmax cell (the decoded location) is the same, how
+/// far the heatmap logits and boxes move, the IoU between the two predicted boxes,
+/// MoE routing agreement, pixel-IoU acc@0.5 of each against the truth, and the forward
+/// time of each.
+pub fn bench_precision(a: &BenchPrecisionArgs) -> anyhow::Result<Value> {
+    use crate::offline::dataset::{collate, Dataset};
+    use crate::offline::metrics::{box_iou, pixel_iou};
+    if let Some(t) = a.threads {
+        tch::set_num_threads(t);
+    }
+    let dev = crate::device::select(&a.device)?;
+    let (wpath, cfg) = crate::offline::cli::weights_and_config(&a.weights, &a.model)?;
+    let low_kind = a.precision.kind(dev);
+    let (_v32, m32) = crate::weights_cli::load_for_inference(&cfg, &wpath, dev, model::Precision::F32)?;
+    let (_vlo, mlo) = crate::weights_cli::load_for_inference(&cfg, &wpath, dev, a.precision)?;
+    let mut ds = Dataset::open(&a.data, &a.dataset, &a.split, false)?;
+    ds.scale = cfg.input_scale;
+    let n = if a.limit > 0 { a.limit.min(ds.len()) } else { ds.len() };
+    let hw = ds.sat_hw_scaled();
+    let (mut same_cell, mut count, mut skipped) = (0usize, 0usize, 0usize);
+    let (mut hit32, mut hitlo) = (0usize, 0usize);
+    let (mut max_dh, mut sum_dh, mut cells_dh) = (0f64, 0f64, 0f64);
+    let mut box_ious = Vec::new();
+    let (mut route_same, mut route_n) = (0i64, 0i64);
+    let (mut ms32, mut mslo) = (Vec::new(), Vec::new());
+    // float32 top-2 heatmap margin per sample, and whether the cell held
+    let mut margins: Vec<(f64, bool)> = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let mut samples = Vec::new();
+        while samples.len() < a.batch.max(1) && i < n {
+            match ds.load(i) {
+                Ok(s) => samples.push(s),
+                Err(_) => skipped += 1,
+            }
+            i += 1;
+        }
+        if samples.is_empty() {
+            continue;
+        }
+        let b = collate(&samples, dev)?;
+        let sat_hw = (b.sat.size()[2], b.sat.size()[3]);
+        let fwd = |m: &model::Smgeo, ms: &mut Vec<f64>| -> Result<model::Outputs> {
+            sync(dev);
+            let t = Instant::now();
+            let o = tch::no_grad(|| m.forward_t(&b.query, &b.sat, false, &mut Trace::off()))?;
+            sync(dev);
+            ms.push(t.elapsed().as_secs_f64() * 1e3 / samples.len() as f64);
+            Ok(o)
+        };
+        let o32 = fwd(&m32, &mut ms32)?;
+        let olo = fwd(&mlo, &mut mslo)?;
+        let d = (&o32.heatmap - &olo.heatmap).abs();
+        max_dh = max_dh.max(d.max().double_value(&[]));
+        sum_dh += d.sum(Kind::Double).double_value(&[]);
+        cells_dh += d.numel() as f64;
+        for (c32, clo) in o32.moe_calls.iter().zip(&olo.moe_calls) {
+            let (x, _) = c32.topk_idx.sort(-1, false);
+            let (y, _) = clo.topk_idx.sort(-1, false);
+            route_same += x.eq_tensor(&y).all_dim(-1, false).sum(Kind::Int64).int64_value(&[]);
+            route_n += x.size()[0];
+        }
+        let d32 = model::decode(&o32.heatmap, &o32.bbox, sat_hw);
+        let dlo = model::decode(&olo.heatmap, &olo.bbox, sat_hw);
+        let (top2, _) = o32.heatmap.flatten(1, -1).topk(2, -1, true, true);
+        let top2: Vec<f32> = Vec::try_from(top2.to_device(Device::Cpu).flatten(0, -1))?;
+        for (k, ((s, p), q)) in samples.iter().zip(&d32).zip(&dlo).enumerate() {
+            count += 1;
+            same_cell += usize::from(p.index == q.index);
+            margins.push(((top2[2 * k] - top2[2 * k + 1]) as f64, p.index == q.index));
+            let (bp, bq) = (p.box_xyxy.map(|v| v as f64), q.box_xyxy.map(|v| v as f64));
+            box_ious.push(box_iou(&bp, &bq));
+            hit32 += usize::from(pixel_iou(&bp, &s.bbox, hw) >= 0.5);
+            hitlo += usize::from(pixel_iou(&bq, &s.bbox, hw) >= 0.5);
+        }
+    }
+    anyhow::ensure!(count > 0, "no sample of {} {} could be evaluated", a.dataset, a.split);
+    let mean_iou = box_ious.iter().sum::<f64>() / count as f64;
+    // Agreement among samples whose float32 peak stands clear of the runner-up by more
+    // than twice the largest logit change: where a flip would mean more than rounding.
+    let clear: Vec<bool> = margins.iter().filter(|(m, _)| *m > 2.0 * max_dh).map(|(_, s)| *s).collect();
+    let mut ms: Vec<f64> = margins.iter().map(|(m, _)| *m).collect();
+    ms.sort_by(f64::total_cmp);
+    let min_iou = box_ious.iter().cloned().fold(1.0, f64::min);
+    Ok(json!({
+        "bench": "precision",
+        "device": crate::device::describe(dev),
+        "threads": tch::get_num_threads(),
+        "weights": wpath.display().to_string(),
+        "preset": cfg.preset.to_string(),
+        "precision": model::Precision::name_of(low_kind),
+        "samples": count,
+        "skipped": skipped,
+        "same_argmax_cell": same_cell as f64 / count as f64,
+        "f32_top2_margin": {"p10": ms[ms.len() / 10], "median": ms[ms.len() / 2]},
+        "clear_peak_samples": clear.len(),
+        "same_argmax_cell_clear_peaks": if clear.is_empty() { None } else {
+            Some(clear.iter().filter(|s| **s).count() as f64 / clear.len() as f64)
+        },
+        "heatmap_logit_abs_diff": {"max": max_dh, "mean": sum_dh / cells_dh.max(1.0)},
+        "box_iou_f32_vs_reduced": {"mean": mean_iou, "min": min_iou},
+        "moe_routing_agreement": if route_n > 0 { Some(route_same as f64 / route_n as f64) } else { None },
+        "acc_at_0_5": {"f32": hit32 as f64 / count as f64, "reduced": hitlo as f64 / count as f64},
+        "ms_per_sample": {"f32": stats(ms32), "reduced": stats(mslo)},
     }))
 }

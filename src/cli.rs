@@ -86,6 +86,9 @@ pub enum BenchCmd {
     Model(bench::BenchModelArgs),
     /// Training step throughput (samples/s) and peak memory of a training configuration.
     Train(bench::BenchTrainArgs),
+    /// Reduced precision (bf16/f16) against float32 on a dataset split: same argmax cell,
+    /// logit and box differences, routing agreement, accuracy and time of each.
+    Precision(bench::BenchPrecisionArgs),
     /// Decode throughput of 1080p30 H.264 into RGB frames, appsink-to-consumer latency.
     #[cfg(feature = "gst")]
     Ingest {
@@ -166,6 +169,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Bench(BenchCmd::Train(a)) => {
             let v = bench::bench_train(a)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Cmd::Bench(BenchCmd::Precision(a)) => {
+            let v = bench::bench_precision(a)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         #[cfg(feature = "gst")]

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use image::{imageops::FilterType, Rgb, RgbImage};
 use tch::Tensor;
 
-use crate::model::{preprocess, weights, Trace};
-use crate::weights_cli::{build, ModelChoice};
+use crate::model::{preprocess, Precision, Trace};
+use crate::weights_cli::{load_for_inference, ModelChoice};
 use crate::{Error, Result};
 
 #[derive(clap::Args, Debug)]
@@ -35,6 +35,9 @@ pub struct PredictArgs {
     pub out: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Inference precision (auto: bf16 on CUDA, f32 on CPU).
+    #[arg(long, value_enum, default_value_t = Precision::Auto)]
+    pub precision: Precision,
 }
 
 pub fn parse_xy(s: &str) -> std::result::Result<(f64, f64), String> {
@@ -124,8 +127,7 @@ pub fn run(a: &PredictArgs) -> Result<Prediction> {
     let qt = preprocess::to_input(qr.as_raw(), qw as i64, qh as i64, 3 * qw as usize, Some(click))?.unsqueeze(0);
     let rt = preprocess::to_input(rr.as_raw(), rw as i64, rh as i64, 3 * rw as usize, None)?.unsqueeze(0);
     let cfg = a.model.resolve()?;
-    let (vs, m) = build(&cfg, dev)?;
-    weights::load_file(&vs, &a.weights, true)?;
+    let (_vs, m) = load_for_inference(&cfg, &a.weights, dev, a.precision)?;
     let out = tch::no_grad(|| m.forward_t(&qt.to(dev), &rt.to(dev), false, &mut Trace::off()))?;
     let det = crate::model::decode(&out.heatmap, &out.bbox, (rh as i64, rw as i64))[0];
     let (bx, by) = (r.width() as f32 / rw as f32, r.height() as f32 / rh as f32);

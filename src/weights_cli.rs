@@ -141,6 +141,20 @@ pub fn run(cmd: &WeightsCmd) -> Result<()> {
     }
 }
 
+/// Build a model, load `weights` (strict) and put it in `precision` on `dev`: what
+/// every inference command (predict, eval, run, replay, bench) starts from.
+pub fn load_for_inference(
+    cfg: &ModelConfig,
+    weights_path: &std::path::Path,
+    dev: Device,
+    precision: model::Precision,
+) -> Result<(VarStore, Smgeo)> {
+    let (mut vs, m) = build(cfg, dev)?;
+    weights::load_file(&vs, weights_path, true)?;
+    m.set_precision(&mut vs, precision.kind(dev))?;
+    Ok((vs, m))
+}
+
 /// Build a model on a fresh VarStore.
 pub fn build(cfg: &ModelConfig, dev: Device) -> Result<(VarStore, Smgeo)> {
     let vs = VarStore::new(dev);

@@ -27,7 +27,7 @@ use crate::georef::{
     pixel_box_to_wgs84, ChipGrid, ChipRequest, CoveragePolicy, Crs, CrsTransform, GeoTransform, LonLat, MosaicReader,
     MosaicSpec, PixelBox, Resampling,
 };
-use crate::model::{preprocess, weights, ModelConfig, RefFeatures, Smgeo, Trace};
+use crate::model::{preprocess, ModelConfig, RefFeatures, Smgeo, Trace};
 
 /// Errors of the model stage; each names what failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,8 @@ pub struct LocaliserConfig {
     pub cache_chips: usize,
     /// Cached satellite features, at most this many MiB.
     pub cache_mib: usize,
+    /// Inference precision: auto (bf16 on CUDA, float32 on CPU), f32, bf16 or f16.
+    pub precision: crate::model::Precision,
 }
 
 impl Default for LocaliserConfig {
@@ -81,6 +83,7 @@ impl Default for LocaliserConfig {
             min_coverage: 0.5,
             cache_chips: 16,
             cache_mib: 512,
+            precision: crate::model::Precision::Auto,
         }
     }
 }
@@ -203,9 +206,7 @@ impl Localiser {
         dev: Device,
     ) -> Result<Self> {
         cfg.validate()?;
-        let (vs, model) = crate::weights_cli::build(model_cfg, dev)
-            .map_err(|e| LocaliseError::Weights { path: weights_path.display().to_string(), reason: e.to_string() })?;
-        weights::load_file(&vs, weights_path, true)
+        let (vs, model) = crate::weights_cli::load_for_inference(model_cfg, weights_path, dev, cfg.precision)
             .map_err(|e| LocaliseError::Weights { path: weights_path.display().to_string(), reason: e.to_string() })?;
         let mosaic = mosaic.open()?;
         let to_crs = CrsTransform::new(mosaic.crs())?;
@@ -442,7 +443,7 @@ impl Localiser {
             .unsqueeze(0)
             .to_device(self.dev);
         let feats = tch::no_grad(|| self.model.encode_reference(&input, false, &mut Trace::off()))?;
-        let bytes = feats.tokens.numel() * 4
+        let bytes = feats.tokens.numel() * feats.tokens.kind().elt_size_in_bytes()
             + feats.moe_calls.iter().map(|c| (c.logits.numel() + c.probs.numel()) * 4).sum::<usize>();
         let entry = Arc::new(CachedChip {
             key,

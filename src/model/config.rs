@@ -31,6 +31,42 @@ impl std::fmt::Display for Preset {
     }
 }
 
+/// Numeric precision of inference. Weights and activations take the chosen kind; the
+/// MoE gate (routing), the fusion's similarity, the last 1×1 head layers and the decode
+/// run in float32 whatever the choice (see [`crate::model`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 on CUDA, float32 on CPU.
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    /// The tensor kind on `dev` (`Auto` resolved).
+    pub fn kind(self, dev: tch::Device) -> tch::Kind {
+        match self {
+            Precision::Auto if dev.is_cuda() => tch::Kind::BFloat16,
+            Precision::Auto | Precision::F32 => tch::Kind::Float,
+            Precision::Bf16 => tch::Kind::BFloat16,
+            Precision::F16 => tch::Kind::Half,
+        }
+    }
+
+    /// Name of a kind as users write it.
+    pub fn name_of(kind: tch::Kind) -> &'static str {
+        match kind {
+            tch::Kind::BFloat16 => "bf16",
+            tch::Kind::Half => "f16",
+            tch::Kind::Float => "f32",
+            _ => "other",
+        }
+    }
+}
+
 /// How the query (drone) branch is pooled into the global vector used by the fusion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -4,6 +4,7 @@
 //! q is pooled from the (normalised) last query stage: plain mean, or weighted by the
 //! click prior (query channel 3) average-pooled to the stage grid and raised to a
 //! power, so the vector describes the clicked object rather than the whole view.
+//! Both run in float32 whatever the model's precision (they are small).
 
 use tch::{nn, Kind, Tensor};
 
@@ -31,6 +32,8 @@ impl Fusion {
     /// `q_tokens`: (B, h, w, C) last query stage; `click`: (B, 1, Hq, Wq) prior map.
     /// Returns q: (B, C).
     pub fn pool_query(&self, q_tokens: &Tensor, click: &Tensor) -> Tensor {
+        let q_tokens = &q_tokens.to_kind(Kind::Float);
+        let click = &click.to_kind(Kind::Float);
         match self.pool {
             QueryPool::Mean => q_tokens.mean_dim(&[1i64, 2][..], false, Kind::Float),
             QueryPool::Click => {
@@ -43,12 +46,13 @@ impl Fusion {
         }
     }
 
-    /// `f_ref`: (B, H, W, C), `q`: (B, C) → (fused (B, H, W, C), A (B, H, W)).
+    /// `f_ref`: (B, H, W, C), `q`: (B, C) float32 → (fused (B, H, W, C) in the kind of
+    /// `f_ref`, A (B, H, W) float32). The similarity is computed in float32.
     pub fn forward(&self, f_ref: &Tensor, q: &Tensor) -> (Tensor, Tensor) {
         let c = *f_ref.size().last().expect("rank 4");
-        let r = self.norm_ref.forward(f_ref);
-        let qn = self.norm_query.forward(q).unsqueeze(1).unsqueeze(1); // (B,1,1,C)
+        let r = self.norm_ref.forward_f32(f_ref);
+        let qn = self.norm_query.forward_f32(q).unsqueeze(1).unsqueeze(1); // (B,1,1,C)
         let a = ((r * qn).sum_dim_intlist(-1, false, Kind::Float) / (c as f64).sqrt()).sigmoid();
-        (f_ref * a.unsqueeze(-1), a)
+        (f_ref * a.unsqueeze(-1).to_kind(f_ref.kind()), a)
     }
 }

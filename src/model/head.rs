@@ -32,12 +32,18 @@ impl Head {
         }
     }
 
+    /// Kind of the head's parameters (the model's precision).
+    pub fn kind(&self) -> Kind {
+        self.conv0.weight.kind()
+    }
+
     /// `x`: (B, C, Hf, Wf) → (tower features, heatmap logits (B,1,Hf,Wf), box (B,4,Hf,Wf)).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> (Tensor, Tensor, Tensor) {
         let f = self.bn1.forward_t(&self.conv0.forward(x), train).relu();
         let f = self.bn4.forward_t(&self.conv3.forward(&f), train).relu();
-        let hm = self.head_heatmap.forward(&f);
-        let bb = self.head_bbox.forward(&f);
+        // the 1×1 outputs in float32 (cheap; the argmax decode needs the resolution)
+        let hm = self.head_heatmap.forward_f32(&f);
+        let bb = self.head_bbox.forward_f32(&f);
         (f, hm, bb)
     }
 }

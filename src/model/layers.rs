@@ -1,8 +1,22 @@
 //! Small building blocks with PyTorch parameter names (`weight`, `bias`,
 //! `running_mean`, …) so state-dict keys fall out of the module paths.
+//!
+//! Every layer computes in the kind of its input: parameters of another kind are cast
+//! on use (a no-op when the kinds agree), so float32 master weights can run a bf16
+//! forward and receive float32 gradients — what `torch.autocast` does (see
+//! [`crate::model::Smgeo::set_compute_kind`]).
+
+/// `t` in kind `k`: the same tensor when it already is.
+pub fn as_kind(t: &Tensor, k: Kind) -> Tensor {
+    if t.kind() == k {
+        t.shallow_clone()
+    } else {
+        t.to_kind(k)
+    }
+}
 
 use tch::nn::{self, Init};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// Truncated-normal-like init used by Swin/timm (std 0.02). libtorch's plain normal
 /// is close enough for training from scratch; imported weights replace it anyway.
@@ -27,7 +41,14 @@ impl Linear {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.linear(&self.weight, self.bias.as_ref())
+        let k = xs.kind();
+        xs.linear(&as_kind(&self.weight, k), self.bias.as_ref().map(|b| as_kind(b, k)).as_ref())
+    }
+
+    /// The same in float32 whatever the kind of the input and the parameters.
+    pub fn forward_f32(&self, xs: &Tensor) -> Tensor {
+        let f = |t: &Tensor| t.to_kind(Kind::Float);
+        f(xs).linear(&f(&self.weight), self.bias.as_ref().map(f).as_ref())
     }
 }
 
@@ -55,7 +76,15 @@ impl LayerNorm {
 
     /// Normalises the last dimension (eps 1e-5, as PyTorch's default).
     pub fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), 1e-5, true)
+        let k = xs.kind();
+        xs.layer_norm([self.dim], Some(&as_kind(&self.weight, k)), Some(&as_kind(&self.bias, k)), 1e-5, true)
+    }
+
+    /// The same in float32 whatever the kind of the input and the parameters (a no-op
+    /// cast when both are float32 already).
+    pub fn forward_f32(&self, xs: &Tensor) -> Tensor {
+        let f = |t: &Tensor| t.to_kind(Kind::Float);
+        f(xs).layer_norm([self.dim], Some(&f(&self.weight)), Some(&f(&self.bias)), 1e-5, true)
     }
 }
 
@@ -81,7 +110,14 @@ impl Conv2d {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.conv2d(&self.weight, Some(&self.bias), [self.stride], [self.padding], [1], 1)
+        let k = xs.kind();
+        xs.conv2d(&as_kind(&self.weight, k), Some(&as_kind(&self.bias, k)), [self.stride], [self.padding], [1], 1)
+    }
+
+    /// The same in float32 whatever the kind of the input and the parameters.
+    pub fn forward_f32(&self, xs: &Tensor) -> Tensor {
+        let f = |t: &Tensor| t.to_kind(Kind::Float);
+        f(xs).conv2d(&f(&self.weight), Some(&f(&self.bias)), [self.stride], [self.padding], [1], 1)
     }
 }
 
@@ -106,9 +142,11 @@ impl BatchNorm2d {
     }
 
     /// `train`: batch statistics, running stats updated in place; else running stats.
+    /// Computes in the parameters' kind (the running statistics are updated in place, so
+    /// they cannot be cast copies) and returns the input's kind.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        Tensor::batch_norm(
-            xs,
+        let y = Tensor::batch_norm(
+            &as_kind(xs, self.weight.kind()),
             Some(&self.weight),
             Some(&self.bias),
             Some(&self.running_mean),
@@ -117,7 +155,8 @@ impl BatchNorm2d {
             0.1,
             1e-5,
             false,
-        )
+        );
+        as_kind(&y, xs.kind())
     }
 }
 

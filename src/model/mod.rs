@@ -2,9 +2,10 @@
 //! (RGB + click prior) and the satellite reference, grid-level sparse MoE,
 //! query-guided fusion and the anchor-free head. Builds without GStreamer/GDAL.
 //!
-//! Inputs: query (B, 4, Hq, Wq) float32 — ImageNet-normalised RGB plus the click
-//! prior (not normalised); satellite (B, 3, Hs, Ws) ImageNet-normalised RGB.
-//! Outputs: heatmap logits (B, 1, Hs/32, Ws/32) and box map (B, 4, …) in cells.
+//! Inputs: query (B, 4, Hq, Wq) — ImageNet-normalised RGB plus the click prior (not
+//! normalised); satellite (B, 3, Hs, Ws) ImageNet-normalised RGB; any float kind, cast
+//! to the model's precision on entry ([`Smgeo::set_precision`]: float32, bf16, f16).
+//! Outputs: heatmap logits (B, 1, Hs/32, Ws/32) and box map (B, 4, …) in cells, float32.
 //! The two branches never mix before the fusion, so [`Smgeo::encode_reference`] can
 //! be cached per chip and [`Smgeo::localise`] reused for every prompt on it.
 
@@ -21,7 +22,7 @@ pub mod weights;
 
 use tch::{nn, Device, Kind, Tensor};
 
-pub use config::{ModelConfig, Preset, QueryPool};
+pub use config::{ModelConfig, Precision, Preset, QueryPool};
 pub use head::{decode, Detection};
 pub use moe::MoeCall;
 use swin::{Backbone, Branch, Ctx};
@@ -83,6 +84,8 @@ pub struct Smgeo {
     backbone: Backbone,
     fusion: Option<fusion::Fusion>,
     head: head::Head,
+    /// Kind the encoder and head tower compute in; None: the parameters' kind.
+    compute: Option<Kind>,
 }
 
 impl Smgeo {
@@ -95,6 +98,7 @@ impl Smgeo {
             backbone: Backbone::new(&(vs / "backbone"), cfg),
             fusion: cfg.fusion.map(|p| fusion::Fusion::new(&(vs / "fusion"), c3, p, cfg.click_pool_power)),
             head: head::Head::new(&(vs / "head"), c3, cfg.head_feat_channels),
+            compute: None,
         })
     }
 
@@ -104,8 +108,8 @@ impl Smgeo {
         if s.len() != 4 {
             return Err(ModelError::Input(format!("{what}: expected (B, {chans}, H, W), got shape {s:?}")));
         }
-        if x.kind() != Kind::Float {
-            return Err(ModelError::Input(format!("{what}: expected float32, got {:?}", x.kind())));
+        if !matches!(x.kind(), Kind::Float | Kind::BFloat16 | Kind::Half) {
+            return Err(ModelError::Input(format!("{what}: expected float32, bf16 or f16, got {:?}", x.kind())));
         }
         if s[1] != chans {
             return Err(ModelError::Input(format!("{what}: expected {chans} channels, got {} (shape {s:?})", s[1])));
@@ -120,8 +124,47 @@ impl Smgeo {
         Ok(())
     }
 
+    /// Kind of the model's parameters: float32, or bf16/f16 after [`Smgeo::set_precision`].
+    pub fn kind(&self) -> Kind {
+        self.head.kind()
+    }
+
+    /// Convert every parameter and buffer of `vs` (the store this model was built in) to
+    /// `kind`. Inputs are cast to it on entry; routing, fusion similarity, the 1×1 head
+    /// outputs and the decode stay float32. Returns an error for a non-float kind or a
+    /// store that is not this model's.
+    pub fn set_precision(&self, vs: &mut nn::VarStore, kind: Kind) -> Result<()> {
+        if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half) {
+            return Err(ModelError::Config(format!("precision {kind:?}: expected float32, bf16 or f16")));
+        }
+        vs.set_kind(kind);
+        if self.kind() != kind {
+            return Err(ModelError::Config("set_precision: the VarStore does not hold this model".into()));
+        }
+        Ok(())
+    }
+
+    /// Compute in `kind` (bf16, f16) while the parameters keep theirs (float32 master
+    /// weights that receive float32 gradients): mixed-precision training, as
+    /// `torch.autocast` does. `None` computes in the parameters' kind. Routing, fusion
+    /// similarity, the 1×1 head outputs and the losses stay float32 either way.
+    pub fn set_compute_kind(&mut self, kind: Option<Kind>) -> Result<()> {
+        if let Some(k) = kind {
+            if !matches!(k, Kind::Float | Kind::BFloat16 | Kind::Half) {
+                return Err(ModelError::Config(format!("compute kind {k:?}: expected float32, bf16 or f16")));
+            }
+        }
+        self.compute = kind;
+        Ok(())
+    }
+
+    /// Kind the encoder computes in.
+    pub fn compute_kind(&self) -> Kind {
+        self.compute.unwrap_or_else(|| self.kind())
+    }
+
     fn ctx<'a>(&'a self, train: bool, branch: &'a str, calls: &'a mut Vec<MoeCall>, trace: &'a mut Trace) -> Ctx<'a> {
-        Ctx { cfg: &self.cfg, train, branch, moe_calls: calls, trace }
+        Ctx { cfg: &self.cfg, kind: self.compute_kind(), train, branch, moe_calls: calls, trace }
     }
 
     /// Encode the satellite reference (cacheable per chip).
@@ -162,7 +205,9 @@ impl Smgeo {
             }
             None => (ref_tokens, None),
         };
-        let feat = fused.permute([0, 3, 1, 2]); // (B, Hf, Wf, C) -> (B, C, Hf, Wf)
+        // (B, Hf, Wf, C) -> (B, C, Hf, Wf); the head tower runs in the compute kind, its
+        // heatmap and box outputs are float32 whatever the precision (`Head::forward_t`)
+        let feat = layers::as_kind(&fused.permute([0, 3, 1, 2]), self.compute_kind());
         trace.put("inter.query_vec", || query_vec.shallow_clone());
         trace.put("inter.sat_feat", || r.tokens.permute([0, 3, 1, 2]));
         let (hf, heatmap, bbox) = self.head.forward_t(&feat, train);

@@ -114,7 +114,9 @@ impl MoeGate {
             None => (z.reshape([-1, 1, c]), z.reshape([-1, c]), (0, 0)),
             Some((wh, ww)) => cell_view(z, wh, ww),
         };
-        let mut logits = self.gate.forward(&feat);
+        // routing in float32 whatever the model's precision: the gate decides which
+        // experts run, so a rounding flip would change the function, not just its digits
+        let mut logits = self.gate.forward_f32(&feat);
         if train && self.noise_std > 0.0 {
             logits = &logits + logits.randn_like() * self.noise_std;
         }
@@ -164,7 +166,7 @@ fn dispatch(cells: &Tensor, pool: &ExpertPool, top_i: &Tensor, top_w: &Tensor) -
         if sel.size()[0] == 0 {
             continue;
         }
-        let weight = (top_w * hit.to_kind(top_w.kind())).sum_dim_intlist(1, false, top_w.kind());
+        let weight = (top_w * hit.to_kind(top_w.kind())).sum_dim_intlist(1, false, cells.kind());
         let xe = cells.index_select(0, &sel);
         let ye = expert.forward(&xe) * weight.index_select(0, &sel).view([-1, 1, 1]);
         out = out.index_add(0, &sel, &ye);

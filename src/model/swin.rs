@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::config::ModelConfig;
-use super::layers::{drop_path, LayerNorm, Linear};
+use super::layers::{as_kind, drop_path, LayerNorm, Linear};
 use super::moe::{ExpertPool, MoeCall, MoeGate};
 use super::trace::Trace;
 
@@ -241,7 +241,7 @@ impl WindowAttention {
         let hd = c / self.heads;
         // (B·nW, N, 3C) -> (3, B·nW, nH, N, hd): rows [0,C) q, [C,2C) k, [2C,3C) v
         let qkv = x
-            .linear(&self.in_proj_weight, Some(&self.in_proj_bias))
+            .linear(&as_kind(&self.in_proj_weight, x.kind()), Some(&as_kind(&self.in_proj_bias, x.kind())))
             .view([bw, n, 3, self.heads, hd])
             .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
@@ -264,7 +264,7 @@ impl WindowAttention {
         let probs = attn.softmax(-1, Kind::Float);
         trace.put(&format!("{name}.attn_probs"), || probs.shallow_clone());
         // (B·nW, nH, N, hd) -> (B·nW, N, C), heads concatenated in order
-        let out = probs.matmul(&v).transpose(1, 2).reshape([bw, n, c]);
+        let out = probs.to_kind(v.kind()).matmul(&v).transpose(1, 2).reshape([bw, n, c]);
         self.out_proj.forward(&out)
     }
 }
@@ -302,6 +302,9 @@ pub struct SwinBlock {
 /// Per-call context passed down the backbone.
 pub struct Ctx<'a> {
     pub cfg: &'a ModelConfig,
+    /// Kind the attention, MLP and expert matmuls run in; the residual stream and the
+    /// norms stay float32 (as under `torch.autocast`).
+    pub kind: Kind,
     pub train: bool,
     pub branch: &'a str,
     pub moe_calls: &'a mut Vec<MoeCall>,
@@ -334,7 +337,7 @@ impl SwinBlock {
         let name = format!("{}_s{}b{}", ctx.branch, self.stage, self.index);
         // attention path: norm → roll(−s) → pad → windows → attn → reverse → crop → roll(+s),
         // the roll/pad/partition and its inverse each done as one gather (see `window_gather`)
-        let y = self.norm1.forward(x);
+        let y = as_kind(&self.norm1.forward(x), ctx.kind);
         let (fwd, inv) = self.attn.gathers(g, h, w, x.device());
         let win = gather_windows(&y, &fwd, g);
         let a = self.attn.forward(&win, g, b, ctx.trace, &name);
@@ -342,7 +345,7 @@ impl SwinBlock {
         let y = a.view([b, -1, c]).index_select(1, &inv).view([b, h, w, c]);
         let x = x + drop_path(&y, self.drop_path, ctx.train);
         // feed-forward path: dense MLP and/or MoE on norm2(x)
-        let z = self.norm2.forward(&x);
+        let z = as_kind(&self.norm2.forward(&x), ctx.kind);
         let mut f = self.mlp.as_ref().map(|m| m.forward(&z));
         if let (Some(gate), Some(pool)) = (&self.moe, pool) {
             let cell = ctx.cfg.grid_routing.then_some((g.wh, g.ww));
@@ -356,7 +359,7 @@ impl SwinBlock {
             });
         }
         let f = f.expect("a block has an MLP, a MoE or both");
-        x + drop_path(&f, self.drop_path, ctx.train)
+        x + drop_path(&f, self.drop_path, ctx.train) // float32 + compute kind → float32
     }
 }
 
@@ -375,8 +378,9 @@ impl PatchEmbed {
         }
     }
 
+    /// `x` in the compute kind → float32 tokens (the residual stream).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.norm.forward(&self.proj.forward(x).permute([0, 2, 3, 1]))
+        self.norm.forward_f32(&self.proj.forward(x).permute([0, 2, 3, 1]))
     }
 }
 
@@ -396,14 +400,15 @@ impl PatchMerging {
         }
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
+    /// Float32 tokens in and out; the reduction runs in `kind`.
+    pub fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
         let (b, h, w, c) = x.size4().expect("(B, H, W, C)");
         let x =
             if h % 2 == 1 || w % 2 == 1 { x.constant_pad_nd([0, 0, 0, w % 2, 0, h % 2]) } else { x.shallow_clone() };
         let (h2, w2) = ((h + 1) / 2, (w + 1) / 2);
         // (B, H, W, C) -> (B, H/2, 2r, W/2, 2c, C) -> (B, H/2, W/2, c, r, C) -> (B, H/2, W/2, 4C)
         let x = x.view([b, h2, 2, w2, 2, c]).permute([0, 1, 3, 4, 2, 5]).reshape([b, h2, w2, 4 * c]);
-        self.reduction.forward(&self.norm.forward(&x))
+        as_kind(&self.reduction.forward(&as_kind(&self.norm.forward_f32(&x), kind)), Kind::Float)
     }
 }
 
@@ -477,7 +482,7 @@ impl Backbone {
             Branch::Query => &self.query_embed,
             Branch::Sat => &self.sat_embed,
         };
-        let mut t = embed.forward(x);
+        let mut t = embed.forward(&as_kind(x, ctx.kind));
         ctx.trace.put(&format!("inter.{bn}_patch_embed"), || flat(&t));
         for (i, stage) in self.stages.iter().enumerate() {
             for blk in &stage.blocks {
@@ -485,12 +490,12 @@ impl Backbone {
             }
             ctx.trace.put(&format!("inter.{bn}_stage{i}_out"), || flat(&t));
             if i < 3 {
-                t = self.downsamples[i].forward(&t);
+                t = self.downsamples[i].forward(&t, ctx.kind);
                 ctx.trace.put(&format!("inter.{bn}_down{i}_out"), || flat(&t));
             }
         }
         match &self.norm {
-            Some(n) => n.forward(&t),
+            Some(n) => n.forward_f32(&t),
             None => t,
         }
     }

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use super::dataset::Dataset;
 use super::eval::{evaluate, write_report, EvalOptions};
 use super::train::{train, TrainArgs as Args, TrainConfig};
-use crate::model::weights;
-use crate::weights_cli::{build, ModelChoice};
+use crate::weights_cli::ModelChoice;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainCmd {
@@ -36,6 +35,9 @@ pub struct TrainCmd {
     /// Override the config's training-time budget in minutes.
     #[arg(long)]
     pub max_minutes: Option<f64>,
+    /// Override the config's compute precision (auto: bf16 on CUDA, f32 on CPU).
+    #[arg(long, value_enum)]
+    pub precision: Option<crate::model::Precision>,
     /// Synthetic data: after the first epoch, train on new samples drawn from the
     /// dataset's training world (config `fresh_samples`).
     #[arg(long)]
@@ -74,6 +76,9 @@ pub struct EvalCmd {
     pub examples: usize,
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Inference precision (auto: bf16 on CUDA, f32 on CPU).
+    #[arg(long, value_enum, default_value_t = crate::model::Precision::Auto)]
+    pub precision: crate::model::Precision,
     /// Evaluate the trivial baseline (train-split mean box at the image centre) instead
     /// of a model.
     #[arg(long)]
@@ -99,6 +104,9 @@ pub fn run_train(c: &TrainCmd) -> anyhow::Result<()> {
     }
     if let Some(m) = c.max_minutes {
         config.max_minutes = m;
+    }
+    if let Some(p) = c.precision {
+        config.precision = p;
     }
     let a = Args {
         config,
@@ -143,13 +151,19 @@ pub fn run_eval(c: &EvalCmd) -> anyhow::Result<()> {
     let dev = crate::device::select(&c.device)?;
     let weights = c.weights.as_ref().ok_or_else(|| anyhow::anyhow!("--weights is required (or --baseline)"))?;
     let (wpath, cfg) = weights_and_config(weights, &c.model)?;
-    let (vs, m) = build(&cfg, dev)?;
-    weights::load_file(&vs, &wpath, true)?;
+    let (_vs, m) = crate::weights_cli::load_for_inference(&cfg, &wpath, dev, c.precision)?;
     let mut ds = Dataset::open(&c.data, &c.dataset, &c.split, false)?;
     ds.scale = cfg.input_scale;
     let opts = EvalOptions { batch: c.batch, limit: c.limit, device: dev, examples: c.examples };
     let (summary, preds) = evaluate(&m, &ds, &opts)?;
-    let title = format!("{} {} — {} ({} preset)", c.dataset, c.split, wpath.display(), cfg.preset);
+    let title = format!(
+        "{} {} — {} ({} preset, {})",
+        c.dataset,
+        c.split,
+        wpath.display(),
+        cfg.preset,
+        crate::model::Precision::name_of(m.kind())
+    );
     let report = write_report(&c.out, &title, &summary, &preds)?;
     println!(
         "{}",

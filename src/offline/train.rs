@@ -75,6 +75,10 @@ pub struct TrainConfig {
     /// (N = records in the split) — instead of repeating the files. Deterministic and
     /// resumable like the files; validation stays on the written split.
     pub fresh_samples: bool,
+    /// Compute precision (mixed precision: float32 master weights, gradients and
+    /// optimiser state; the encoder and head tower compute in this kind). auto: bf16 on
+    /// CUDA, f32 on CPU. f16 is refused (it needs loss scaling; bf16 has float32's range).
+    pub precision: crate::model::Precision,
 }
 
 impl Default for TrainConfig {
@@ -105,6 +109,7 @@ impl Default for TrainConfig {
             device: "auto".into(),
             loader_threads: 0,
             fresh_samples: false,
+            precision: crate::model::Precision::Auto,
         }
     }
 }
@@ -128,6 +133,9 @@ impl TrainConfig {
         }
         if self.weight_decay < 0.0 || self.clip_grad_norm < 0.0 || self.warmup_epochs < 0.0 {
             return bad("weight_decay, clip_grad_norm and warmup_epochs must be ≥ 0");
+        }
+        if self.precision == crate::model::Precision::F16 {
+            return bad("precision = \"f16\" is not supported for training (it needs loss scaling); use bf16");
         }
         Ok(())
     }
@@ -498,7 +506,8 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
     });
     tch::manual_seed(cfg.seed as i64);
     let mut vs = VarStore::new(dev);
-    let model = Smgeo::new(&vs.root(), &mcfg)?;
+    let mut model = Smgeo::new(&vs.root(), &mcfg)?;
+    model.set_compute_kind(Some(cfg.precision.kind(dev)))?;
     let mut opt;
     let last = a.out.join("last");
     let mut state = if a.resume && last.join("state.json").exists() {

@@ -4,5 +4,6 @@ mod common;
 mod golden_release;
 mod golden_swin;
 mod model_units;
+mod precision;
 mod run_signal;
 mod train;

@@ -266,3 +266,64 @@ fn fresh_samples_train_on_new_data_and_resume_exactly() {
         assert!(t.equal(&wr[k]), "{k} differs after resume with fresh samples");
     }
 }
+
+#[test]
+fn bf16_mixed_precision_trains_float32_master_weights() {
+    let _rng = crate::common::torch_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, 4, "train");
+    write_dataset(&data, 3, "val");
+    let run = |out: &str, precision| {
+        let mut config = tiny_config(8);
+        config.precision = precision;
+        let a = TrainArgs {
+            config,
+            data: data.clone(),
+            dataset: DS.into(),
+            out: dir.path().join(out),
+            resume: false,
+            progress: false,
+        };
+        train(&a).unwrap()
+    };
+    let f = run("f32", smgeo::model::Precision::F32);
+    let b = run("bf16", smgeo::model::Precision::Bf16);
+    // same initial weights and first batch: the first loss differs by bf16 rounding only
+    assert!(
+        (b.first_loss / f.first_loss - 1.0).abs() < 0.02,
+        "first loss f32 {} vs bf16 {}",
+        f.first_loss,
+        b.first_loss
+    );
+    assert!(b.last_loss < 0.7 * b.first_loss, "bf16 loss did not fall: {} -> {}", b.first_loss, b.last_loss);
+    // master weights (what checkpoints hold) stay float32
+    let w = smgeo::model::weights::read_safetensors(&dir.path().join("bf16/last/weights.safetensors")).unwrap();
+    assert!(w.values().all(|t| t.kind() == tch::Kind::Float));
+    // f16 training is refused with a reason
+    let mut c = tiny_config(1);
+    c.precision = smgeo::model::Precision::F16;
+    assert!(c.validate().unwrap_err().to_string().contains("loss scaling"));
+
+    // bench precision: float32 against itself is exact; bf16 moves the logits a little
+    let bench = |p: &str| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smgeo"))
+            .args(["bench", "precision", "--weights"])
+            .arg(dir.path().join("f32/best"))
+            .arg("--data")
+            .arg(&data)
+            .args(["--split", "val", "--device", "cpu", "--precision", p])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let same = bench("f32");
+    assert_eq!(same["samples"], 3);
+    assert_eq!(same["same_argmax_cell"], 1.0);
+    assert_eq!(same["heatmap_logit_abs_diff"]["max"], 0.0);
+    let low = bench("bf16");
+    assert_eq!(low["precision"], "bf16");
+    let d = low["heatmap_logit_abs_diff"]["max"].as_f64().unwrap();
+    assert!(d > 0.0 && d < 0.25, "bf16 heatmap logits moved by {d}");
+}
