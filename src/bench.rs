@@ -1,7 +1,10 @@
 //! `smgeo bench model`: forward latency of both presets at CVOGL sizes (query
 //! 256×256, satellite 1024×1024, batch 1), full and with cached satellite features
 //! (with `--batch N`: N queries against one cached chip),
-//! plus parameter and analytic FLOP counts (one multiply-add = 2 FLOPs).
+//! plus per-stage times of the full forward (`stages_ms`: the time from the previous point
+//! until each patch embed, stage output, patch merge, fusion (`query_vec`) and head, in
+//! execution order: query branch, satellite branch, fusion, head), and parameter and
+//! analytic FLOP counts (one multiply-add = 2 FLOPs).
 
 use std::time::Instant;
 
@@ -106,6 +109,20 @@ pub fn bench_model(a: &BenchModelArgs) -> Result<Value> {
             .map(|_| ())
             .map_err(Into::into)
         })?;
+        // Per-stage times of the full forward (each point synchronises the device).
+        let mut per_point: Vec<(String, Vec<f64>)> = Vec::new();
+        for _ in 0..a.runs.max(1) {
+            let mut tr = Trace::timing(dev);
+            tch::no_grad(|| m.forward_t(&q, &s, false, &mut tr))?;
+            for (k, (name, ms)) in tr.times.into_iter().enumerate() {
+                match per_point.get_mut(k) {
+                    Some(p) => p.1.push(ms),
+                    None => per_point.push((name, vec![ms])),
+                }
+            }
+        }
+        let stages: Vec<Value> =
+            per_point.into_iter().map(|(name, v)| json!({"until": name, "median_ms": stats(v)["median"]})).collect();
         let (total, experts) = flops(&cfg, a.query, a.sat);
         results.push(json!({
             "model": label,
@@ -113,6 +130,7 @@ pub fn bench_model(a: &BenchModelArgs) -> Result<Value> {
             "params": model::count_params(&vs),
             "full_forward_ms": full,
             "cached_reference_forward_ms": cached,
+            "stages_ms": stages,
             "gflop_per_forward": (total * a.batch as f64) / 1e9,
             "gflop_in_experts": (experts * a.batch as f64) / 1e9,
         }));

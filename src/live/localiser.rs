@@ -21,13 +21,14 @@ use std::time::Instant;
 
 use image::{imageops, ImageBuffer, Rgb};
 use serde::{Deserialize, Serialize};
-use tch::{nn::VarStore, Device};
+use tch::Device;
 
 use crate::georef::{
     pixel_box_to_wgs84, ChipGrid, ChipRequest, CoveragePolicy, Crs, CrsTransform, GeoTransform, LonLat, MosaicReader,
     MosaicSpec, PixelBox, Resampling,
 };
-use crate::model::{preprocess, ModelConfig, RefFeatures, Smgeo, Trace};
+use crate::model::service::{BatchPolicy, ModelClient, ModelService};
+use crate::model::{preprocess, ModelConfig, RefFeatures};
 
 /// Errors of the model stage; each names what failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +72,11 @@ pub struct LocaliserConfig {
     pub cache_mib: usize,
     /// Inference precision: auto (bf16 on CUDA, float32 on CPU), f32, bf16 or f16.
     pub precision: crate::model::Precision,
+    /// Most queries the model service runs in one call, across streams and chips.
+    pub batch_max: usize,
+    /// Longest the first query of a batch waits for more, ms (0: never waits; a batch is
+    /// what queued while the previous call ran).
+    pub batch_wait_ms: f64,
 }
 
 impl Default for LocaliserConfig {
@@ -84,6 +90,8 @@ impl Default for LocaliserConfig {
             cache_chips: 16,
             cache_mib: 512,
             precision: crate::model::Precision::Auto,
+            batch_max: 8,
+            batch_wait_ms: 0.0,
         }
     }
 }
@@ -108,6 +116,12 @@ impl LocaliserConfig {
         }
         if self.cache_chips == 0 {
             return bad("cache_chips", "must be at least 1");
+        }
+        if !(1..=1024).contains(&self.batch_max) {
+            return bad("batch_max", "must be in 1..=1024");
+        }
+        if !(self.batch_wait_ms.is_finite() && (0.0..=1000.0).contains(&self.batch_wait_ms)) {
+            return bad("batch_wait_ms", "must be in 0..=1000 ms");
         }
         Ok(())
     }
@@ -165,9 +179,7 @@ struct CachedChip {
 /// Model + mosaic + feature cache. Not `Send` (GDAL handles): build it on the thread
 /// that uses it.
 pub struct Localiser {
-    model: Smgeo,
-    _vs: VarStore,
-    dev: Device,
+    model: ModelClient,
     cfg: LocaliserConfig,
     mosaic: MosaicReader,
     to_crs: CrsTransform,
@@ -206,27 +218,37 @@ impl Localiser {
         dev: Device,
     ) -> Result<Self> {
         cfg.validate()?;
+        let service = Self::start_service(model_cfg, weights_path, &cfg, dev)?;
+        Self::with_model(service.client(), mosaic, cfg)
+    }
+
+    /// Load the weights and start a model service with `cfg`'s precision and batching;
+    /// share its clients between the localisers of several streams.
+    pub fn start_service(
+        model_cfg: &ModelConfig,
+        weights_path: &Path,
+        cfg: &LocaliserConfig,
+        dev: Device,
+    ) -> Result<ModelService> {
+        cfg.validate()?;
+        let err = |e: String| LocaliseError::Weights { path: weights_path.display().to_string(), reason: e };
         let (vs, model) = crate::weights_cli::load_for_inference(model_cfg, weights_path, dev, cfg.precision)
-            .map_err(|e| LocaliseError::Weights { path: weights_path.display().to_string(), reason: e.to_string() })?;
+            .map_err(|e| err(e.to_string()))?;
+        let policy = BatchPolicy { max_batch: cfg.batch_max, max_wait_ms: cfg.batch_wait_ms };
+        Ok(ModelService::start(vs, model, policy)?)
+    }
+
+    /// A localiser that runs its model calls on a (possibly shared) model service.
+    pub fn with_model(model: ModelClient, mosaic: &MosaicSpec, cfg: LocaliserConfig) -> Result<Self> {
+        cfg.validate()?;
+        let model_cfg = model.config().clone();
         let mosaic = mosaic.open()?;
         let to_crs = CrsTransform::new(mosaic.crs())?;
         let m = model_cfg.input_multiple();
         let s = model_cfg.input_scale;
         let query_in = to_multiple(cfg.query_px as f64 * s, m);
         let sat_in = to_multiple(cfg.chip_px as f64 * s, m);
-        Ok(Localiser {
-            model,
-            _vs: vs,
-            dev,
-            cfg,
-            mosaic,
-            to_crs,
-            query_in,
-            sat_in,
-            cache: VecDeque::new(),
-            hits: 0,
-            misses: 0,
-        })
+        Ok(Localiser { model, cfg, mosaic, to_crs, query_in, sat_in, cache: VecDeque::new(), hits: 0, misses: 0 })
     }
 
     pub fn config(&self) -> &LocaliserConfig {
@@ -234,11 +256,16 @@ impl Localiser {
     }
 
     pub fn model_config(&self) -> &ModelConfig {
-        &self.model.cfg
+        self.model.config()
     }
 
     pub fn device(&self) -> Device {
-        self.dev
+        self.model.device()
+    }
+
+    /// The model service this localiser uses (counters: batches, largest batch, …).
+    pub fn model(&self) -> &ModelClient {
+        &self.model
     }
 
     pub fn mosaic(&self) -> &MosaicReader {
@@ -257,9 +284,11 @@ impl Localiser {
 
     /// Run the model once on blank inputs (allocations, kernels, CUDA context).
     pub fn warm_up(&self) -> Result<()> {
-        let q = tch::Tensor::zeros([1, 4, self.query_in, self.query_in], (tch::Kind::Float, self.dev));
-        let r = tch::Tensor::zeros([1, 3, self.sat_in, self.sat_in], (tch::Kind::Float, self.dev));
-        tch::no_grad(|| self.model.forward_t(&q, &r, false, &mut Trace::off()))?;
+        let dev = self.model.device();
+        let q = tch::Tensor::zeros([1, 4, self.query_in, self.query_in], (tch::Kind::Float, dev));
+        let r = tch::Tensor::zeros([1, 3, self.sat_in, self.sat_in], (tch::Kind::Float, dev));
+        let feats = self.model.encode_reference(&r)?;
+        self.model.localise(&q, &feats)?;
         Ok(())
     }
 
@@ -314,11 +343,7 @@ impl Localiser {
         }
         let (chip, cached, chip_ms, ref_ms) = self.reference(ground)?;
         let t_ref = Instant::now();
-        let dets = tch::no_grad(|| -> Result<_> {
-            let qf = self.model.encode_query(&tch::Tensor::cat(&queries, 0), false, &mut Trace::off())?;
-            let o = self.model.localise(qf, &chip.feats, false, &mut Trace::off())?;
-            Ok(crate::model::decode(&o.heatmap, &o.bbox, chip.feats.img_hw))
-        })?;
+        let dets = self.model.localise(&tch::Tensor::cat(&queries, 0), &chip.feats)?;
         let t_model = Instant::now();
         let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e3;
         let mut times = StepTimes {
@@ -401,7 +426,7 @@ impl Localiser {
             ((click.1 - y0 as f64) * k).clamp(0.0, q as f64 - 1.0),
         );
         let t = preprocess::to_input(resized.as_raw(), q as i64, q as i64, 3 * q as usize, Some(qc))?;
-        Ok((t.unsqueeze(0).to_device(self.dev), (x0, y0, side)))
+        Ok((t.unsqueeze(0).to_device(self.model.device()), (x0, y0, side)))
     }
 
     /// Cached or fresh satellite features of the chip around `ground`:
@@ -441,8 +466,8 @@ impl Localiser {
         let t1 = Instant::now();
         let input = preprocess::to_input(&chip.pixels, chip.width as i64, chip.height as i64, 3 * chip.width, None)?
             .unsqueeze(0)
-            .to_device(self.dev);
-        let feats = tch::no_grad(|| self.model.encode_reference(&input, false, &mut Trace::off()))?;
+            .to_device(self.model.device());
+        let feats = self.model.encode_reference(&input)?;
         let bytes = feats.tokens.numel() * feats.tokens.kind().elt_size_in_bytes()
             + feats.moe_calls.iter().map(|c| (c.logits.numel() + c.probs.numel()) * 4).sum::<usize>();
         let entry = Arc::new(CachedChip {

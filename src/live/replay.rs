@@ -18,6 +18,7 @@ use super::engine::{ground_distance_m, telemetry_at, Engine, Outcome};
 use super::localiser::Localiser;
 use crate::ingest::{Source, SourceConfig, SourceKind, SourceState};
 use crate::klv::timeline::Timeline;
+use crate::model::service::{ModelClient, ModelService};
 use crate::publish::message::ModelInfo;
 use crate::publish::{Prompt, Target};
 
@@ -174,6 +175,9 @@ pub struct ReplaySummary {
     /// Mean per-step times over all results, ms.
     pub mean_step_ms: serde_json::Value,
     pub cache: serde_json::Value,
+    /// Model service counters: model calls (`batches`), queries, chip encodings, the
+    /// largest batch, failures.
+    pub model_service: crate::model::service::ServiceCounts,
     /// Per-result latency (prompt handling to result) with and without cached chip
     /// features, and the share of it spent outside the model (query prep, chip read,
     /// georeferencing, bookkeeping).
@@ -193,18 +197,38 @@ pub fn file_sha256(path: &Path) -> anyhow::Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Model + mosaic from a live config, as an [`Engine`] for `stream`.
-pub fn build_engine(cfg: &LiveConfig, stream: &str, fallback: Option<(f64, f64)>) -> anyhow::Result<Engine> {
+/// The model service of a live config: weights loaded once, in the configured precision
+/// and batching, on the configured device; shared by every stream's engine.
+pub fn start_model_service(cfg: &LiveConfig) -> anyhow::Result<(ModelService, ModelInfo)> {
     let dev = crate::device::select(&cfg.device)?;
     if let Some(t) = cfg.threads {
         tch::set_num_threads(t);
     }
     let (mcfg, weights) = cfg.model.resolve().map_err(|e| anyhow::anyhow!("model: {e}"))?;
-    let spec = crate::georef::MosaicSpec::from_path(&cfg.mosaic);
-    let loc = Localiser::new(&mcfg, &weights, &spec, cfg.localiser.clone(), dev)?;
-    loc.warm_up()?;
+    let service = Localiser::start_service(&mcfg, &weights, &cfg.localiser, dev)?;
+    let c = service.client();
+    tracing::info!(
+        device = %crate::device::describe(dev),
+        precision = crate::model::Precision::name_of(c.kind()),
+        batch_max = cfg.localiser.batch_max,
+        batch_wait_ms = cfg.localiser.batch_wait_ms,
+        "model service started"
+    );
     let preset = format!("{:?}", mcfg.preset).to_lowercase();
-    let info = ModelInfo { preset, weights_sha256: file_sha256(&weights)? };
+    Ok((service, ModelInfo { preset, weights_sha256: file_sha256(&weights)? }))
+}
+
+/// Mosaic + a client of `model` (see [`start_model_service`]), as an [`Engine`] for `stream`.
+pub fn build_engine(
+    cfg: &LiveConfig,
+    stream: &str,
+    fallback: Option<(f64, f64)>,
+    model: (ModelClient, ModelInfo),
+) -> anyhow::Result<Engine> {
+    let spec = crate::georef::MosaicSpec::from_path(&cfg.mosaic);
+    let (client, info) = model;
+    let loc = Localiser::with_model(client, &spec, cfg.localiser.clone())?;
+    loc.warm_up()?;
     Ok(Engine::new(stream, loc, info, fallback, cfg.track.clone()))
 }
 
@@ -248,7 +272,8 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<ReplaySummary> {
         Some(p) => read_jsonl(p)?,
         None => Vec::new(),
     };
-    let mut engine = build_engine(&cfg, &a.stream, a.fallback_centre)?;
+    let (service, info) = start_model_service(&cfg)?;
+    let mut engine = build_engine(&cfg, &a.stream, a.fallback_centre, (service.client(), info))?;
     let mut targets_out = match &a.out {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("creating {}: {e}", d.display()))?;
@@ -430,6 +455,7 @@ pub fn run(a: &ReplayArgs) -> anyhow::Result<ReplaySummary> {
         latency_ms_p95: p95,
         mean_step_ms,
         cache: serde_json::json!({"hits": hits, "misses": misses, "held": held}),
+        model_service: engine.localiser().model().counts(),
         bench,
         geo_error: geo,
         per_prompt: rows,

@@ -16,9 +16,11 @@ use serde::Serialize;
 
 use super::config::{LiveConfig, StreamSection};
 use super::engine::telemetry_at;
-use super::replay::{build_engine, spawn_klv_drain};
+use super::replay::{build_engine, spawn_klv_drain, start_model_service};
 use crate::ingest::{Source, SourceState};
 use crate::klv::timeline::Timeline;
+use crate::model::service::ModelClient;
+use crate::publish::message::ModelInfo;
 use crate::publish::message::{LatencyMs, PipelineStatus, SourceState as StatusSource};
 use crate::publish::{Prompt, Publisher, PublisherConfig, PublisherHandle, SpoolConfig};
 
@@ -73,16 +75,19 @@ pub fn publisher_config(cfg: &LiveConfig, stream: &str) -> PublisherConfig {
     p
 }
 
-/// One stream's worker loop (runs on its own thread; builds the model there).
+/// One stream's worker loop (runs on its own thread; its model calls go to the shared
+/// model service, which failed to start when `model` is an error).
 pub fn stream_worker(
     cfg: &LiveConfig,
     s: &StreamSection,
+    model: std::result::Result<(ModelClient, ModelInfo), String>,
     publisher: &PublisherHandle,
     prompts: &mut tokio::sync::mpsc::Receiver<Prompt>,
     stop: &AtomicBool,
 ) -> anyhow::Result<StreamReport> {
     let fallback = s.fallback_centre.map(|c| (c[0], c[1]));
-    let mut engine = match build_engine(cfg, &s.id, fallback) {
+    let built = model.map_err(|e| anyhow::anyhow!(e)).and_then(|m| build_engine(cfg, &s.id, fallback, m));
+    let mut engine = match built {
         Ok(e) => e,
         Err(e) => {
             let msg = format!("stream {}: model stage failed to start: {e:#}", s.id);
@@ -255,6 +260,9 @@ pub fn run_with_stop(
         let rx = p.take_prompts().ok_or_else(|| anyhow::anyhow!("prompt receiver already taken"))?;
         pubs.push((Arc::new(p), rx));
     }
+    // One model for every stream (loaded once; streams' queries batch together).
+    let service = start_model_service(cfg).map_err(|e| format!("{e:#}"));
+    let model = |_: &StreamSection| service.as_ref().map(|(s, info)| (s.client(), info.clone())).map_err(|e| e.clone());
     let reports: Vec<anyhow::Result<StreamReport>> = std::thread::scope(|scope| {
         let handles: Vec<_> = cfg
             .streams
@@ -263,14 +271,18 @@ pub fn run_with_stop(
             .map(|(s, (p, rx))| {
                 let p = p.clone();
                 let stop = &*stop;
+                let m = model(s);
                 std::thread::Builder::new()
                     .name(format!("worker-{}", s.id))
-                    .spawn_scoped(scope, move || stream_worker(cfg, s, &p, rx, stop))
+                    .spawn_scoped(scope, move || stream_worker(cfg, s, m, &p, rx, stop))
                     .expect("spawning a worker")
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")))).collect()
     });
+    if let Ok((s, _)) = &service {
+        tracing::info!(counts = ?s.client().counts(), "model service");
+    }
     let mut out = Vec::new();
     for ((p, _), r) in pubs.into_iter().zip(reports) {
         match Arc::try_unwrap(p) {

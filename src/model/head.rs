@@ -32,6 +32,10 @@ impl Head {
         }
     }
 
+    pub fn device(&self) -> tch::Device {
+        self.conv0.weight.device()
+    }
+
     /// Kind of the head's parameters (the model's precision).
     pub fn kind(&self) -> Kind {
         self.conv0.weight.kind()

@@ -16,6 +16,7 @@ pub mod layers;
 pub mod loss;
 pub mod moe;
 pub mod preprocess;
+pub mod service;
 pub mod swin;
 pub mod trace;
 pub mod weights;
@@ -122,6 +123,11 @@ impl Smgeo {
             )));
         }
         Ok(())
+    }
+
+    /// Device of the model's parameters.
+    pub fn device(&self) -> Device {
+        self.head.device()
     }
 
     /// Kind of the model's parameters: float32, or bf16/f16 after [`Smgeo::set_precision`].

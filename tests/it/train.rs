@@ -56,6 +56,11 @@ fn write_dataset(root: &Path, n: usize, split: &str) {
     write_split(root, DS, split, &recs).unwrap();
 }
 
+/// Arguments of a quiet training run on `data` (the dataset `DS`).
+fn args(config: TrainConfig, data: &Path, out: std::path::PathBuf, resume: bool) -> TrainArgs {
+    TrainArgs { config, data: data.to_path_buf(), dataset: DS.into(), out, resume, progress: false }
+}
+
 fn tiny_config(max_steps: usize) -> TrainConfig {
     let mut model = toml::Table::new();
     model.insert("embed_dim".into(), 8.into());
@@ -84,15 +89,7 @@ fn loss_falls_and_resume_is_exact() {
     write_dataset(&data, 4, "train");
     write_dataset(&data, 3, "val");
     let run = |out: &str, steps: usize, resume: bool| {
-        let a = TrainArgs {
-            config: tiny_config(steps),
-            data: data.clone(),
-            dataset: DS.into(),
-            out: dir.path().join(out),
-            resume,
-            progress: false,
-        };
-        train(&a).unwrap()
+        train(&args(tiny_config(steps), &data, dir.path().join(out), resume)).unwrap()
     };
     let full = run("a", 8, false);
     assert_eq!(full.steps, 8);
@@ -115,15 +112,7 @@ fn loss_falls_and_resume_is_exact() {
     assert!(dir.path().join("a/best/weights.safetensors").exists());
     // resuming on other data is refused
     write_dataset(&data, 5, "train");
-    let a = TrainArgs {
-        config: tiny_config(9),
-        data: data.clone(),
-        dataset: DS.into(),
-        out: dir.path().join("b"),
-        resume: true,
-        progress: false,
-    };
-    let e = train(&a).unwrap_err().to_string();
+    let e = train(&args(tiny_config(9), &data, dir.path().join("b"), true)).unwrap_err().to_string();
     assert!(e.contains("other data"), "{e}");
 
     // evaluation report from the trained checkpoint
@@ -169,8 +158,7 @@ fn limit_train_keeps_the_same_first_samples_every_epoch() {
     }
     let mut config = tiny_config(10);
     config.skip_bad_samples = false;
-    let a = TrainArgs { config, data, dataset: DS.into(), out: dir.path().join("o"), resume: false, progress: false };
-    let s = train(&a).unwrap();
+    let s = train(&args(config, &data, dir.path().join("o"), false)).unwrap();
     assert_eq!(s.steps, 10);
 }
 
@@ -190,15 +178,7 @@ fn loader_threads_do_not_change_what_is_trained() {
         config.batch = 4;
         config.limit_train = 0;
         config.loader_threads = threads;
-        let a = TrainArgs {
-            config,
-            data: data.clone(),
-            dataset: DS.into(),
-            out: dir.path().join(out),
-            resume: false,
-            progress: false,
-        };
-        train(&a).unwrap()
+        train(&args(config, &data, dir.path().join(out), false)).unwrap()
     };
     let one = run("one", 1);
     let three = run("three", 3);
@@ -240,15 +220,7 @@ fn fresh_samples_train_on_new_data_and_resume_exactly() {
         let mut config = tiny_config(steps);
         config.fresh_samples = fresh;
         config.model.as_mut().unwrap().insert("input_scale".into(), 0.25.into());
-        let a = TrainArgs {
-            config,
-            data: data.clone(),
-            dataset: DS.into(),
-            out: dir.path().join(out),
-            resume,
-            progress: false,
-        };
-        train(&a).unwrap()
+        train(&args(config, &data, dir.path().join(out), resume)).unwrap()
     };
     let weights = |r: &str| {
         smgeo::model::weights::read_safetensors(&dir.path().join(r).join("last/weights.safetensors")).unwrap()
@@ -277,15 +249,7 @@ fn bf16_mixed_precision_trains_float32_master_weights() {
     let run = |out: &str, precision| {
         let mut config = tiny_config(8);
         config.precision = precision;
-        let a = TrainArgs {
-            config,
-            data: data.clone(),
-            dataset: DS.into(),
-            out: dir.path().join(out),
-            resume: false,
-            progress: false,
-        };
-        train(&a).unwrap()
+        train(&args(config, &data, dir.path().join(out), false)).unwrap()
     };
     let f = run("f32", smgeo::model::Precision::F32);
     let b = run("bf16", smgeo::model::Precision::Bf16);
