@@ -426,7 +426,7 @@ impl Localiser {
             ((click.1 - y0 as f64) * k).clamp(0.0, q as f64 - 1.0),
         );
         let t = preprocess::to_input(resized.as_raw(), q as i64, q as i64, 3 * q as usize, Some(qc))?;
-        Ok((t.unsqueeze(0).to_device(self.model.device()), (x0, y0, side)))
+        Ok((crate::model::upload(&t.unsqueeze(0), self.model.device()), (x0, y0, side)))
     }
 
     /// Cached or fresh satellite features of the chip around `ground`:
@@ -465,8 +465,8 @@ impl Localiser {
         let chip = self.mosaic.chip(&req).map_err(|e| chip_err(e.to_string()))?;
         let t1 = Instant::now();
         let input = preprocess::to_input(&chip.pixels, chip.width as i64, chip.height as i64, 3 * chip.width, None)?
-            .unsqueeze(0)
-            .to_device(self.model.device());
+            .unsqueeze(0);
+        let input = crate::model::upload(&input, self.model.device());
         let feats = self.model.encode_reference(&input)?;
         let bytes = feats.tokens.numel() * feats.tokens.kind().elt_size_in_bytes()
             + feats.moe_calls.iter().map(|c| (c.logits.numel() + c.probs.numel()) * 4).sum::<usize>();

@@ -271,6 +271,21 @@ fn merge_calls(q: Vec<MoeCall>, r: &[MoeCall]) -> Vec<MoeCall> {
     out
 }
 
+/// A host tensor onto `dev`. On CUDA through pinned (page-locked) memory with a
+/// non-blocking copy, so the upload queues behind the kernels already launched instead of
+/// stalling the host; libtorch's caching host allocator keeps the pinned buffer alive
+/// until the copy is done. Anywhere else (or if pinning fails) a plain copy.
+pub fn upload(t: &Tensor, dev: Device) -> Tensor {
+    if dev.is_cuda() && t.device() == Device::Cpu {
+        if let Ok(p) = t.f_pin_memory(dev) {
+            if let Ok(d) = p.f_to_device_(dev, p.kind(), true, false) {
+                return d;
+            }
+        }
+    }
+    t.to_device(dev)
+}
+
 /// Number of parameters (trainable and not, excluding BN running statistics).
 pub fn count_params(vs: &nn::VarStore) -> i64 {
     vs.variables()

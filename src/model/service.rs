@@ -216,7 +216,8 @@ fn serve(_vs: VarStore, model: Smgeo, rx: Receiver<Job>, policy: BatchPolicy, st
             Job::Reference { sat, reply } => {
                 stats.references.fetch_add(1, Ordering::Relaxed);
                 let r = guarded("satellite branch", || {
-                    let mut f = model.encode_reference(&sat.to_device(model.device()), false, &mut Trace::off())?;
+                    let mut f =
+                        model.encode_reference(&super::upload(&sat, model.device()), false, &mut Trace::off())?;
                     f.moe_calls.clear();
                     Ok(f)
                 });
@@ -277,7 +278,7 @@ fn run_model(model: &Smgeo, batch: &[Query]) -> std::result::Result<Vec<Detectio
     let total: usize = batch.iter().map(Query::n).sum();
     let dev = model.device();
     let dets = guarded("query branch", || {
-        let q = Tensor::cat(&batch.iter().map(|b| b.queries.to_device(dev)).collect::<Vec<_>>(), 0);
+        let q = Tensor::cat(&batch.iter().map(|b| super::upload(&b.queries, dev)).collect::<Vec<_>>(), 0);
         // One chip for all: broadcast it; else each query's own chip, gathered.
         let tokens = if batch.len() == 1 {
             batch[0].ref_tokens.to_device(dev)

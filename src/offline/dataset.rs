@@ -161,8 +161,8 @@ pub fn collate(samples: &[Sample], dev: Device) -> Result<Batch> {
         s.push(preprocess::to_input(x.sat.as_raw(), sw as i64, sh as i64, 3 * sw as usize, None)?);
     }
     Ok(Batch {
-        query: Tensor::stack(&q, 0).to(dev),
-        sat: Tensor::stack(&s, 0).to(dev),
+        query: crate::model::upload(&Tensor::stack(&q, 0), dev),
+        sat: crate::model::upload(&Tensor::stack(&s, 0), dev),
         boxes: samples.iter().map(|x| x.bbox.map(|v| v as f32)).collect(),
         ids: samples.iter().map(|x| x.id).collect(),
         categories: samples.iter().map(|x| x.category.clone()).collect(),
