@@ -31,9 +31,9 @@ impl std::fmt::Display for Preset {
     }
 }
 
-/// Numeric precision of inference. Weights and activations take the chosen kind; the
-/// MoE gate (routing), the fusion's similarity, the last 1×1 head layers and the decode
-/// run in float32 whatever the choice (see [`crate::model`]).
+/// Numeric precision of inference. The encoder's weights and matmuls take the chosen
+/// kind; the residual stream, norms, MoE gates (routing), fusion, head and decode stay
+/// float32 whatever the choice (see [`crate::model::Smgeo::set_precision`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {

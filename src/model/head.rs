@@ -36,11 +36,6 @@ impl Head {
         self.conv0.weight.device()
     }
 
-    /// Kind of the head's parameters (the model's precision).
-    pub fn kind(&self) -> Kind {
-        self.conv0.weight.kind()
-    }
-
     /// `x`: (B, C, Hf, Wf) → (tower features, heatmap logits (B,1,Hf,Wf), box (B,4,Hf,Wf)).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> (Tensor, Tensor, Tensor) {
         let f = self.bn1.forward_t(&self.conv0.forward(x), train).relu();

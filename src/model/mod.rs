@@ -130,15 +130,15 @@ impl Smgeo {
         self.head.device()
     }
 
-    /// Kind of the model's parameters: float32, or bf16/f16 after [`Smgeo::set_precision`].
+    /// Kind of the encoder's parameters: float32, or bf16/f16 after [`Smgeo::set_precision`].
     pub fn kind(&self) -> Kind {
-        self.head.kind()
+        self.backbone.sat_embed.kind()
     }
 
-    /// Convert every parameter and buffer of `vs` (the store this model was built in) to
-    /// `kind`. Inputs are cast to it on entry; routing, fusion similarity, the 1×1 head
-    /// outputs and the decode stay float32. Returns an error for a non-float kind or a
-    /// store that is not this model's.
+    /// Convert the encoder's parameters in `vs` (the store this model was built in) to
+    /// `kind`; the MoE gates, the fusion and the head keep float32 parameters, and the
+    /// residual stream, norms, routing, fusion similarity, head and decode compute in
+    /// float32. Returns an error for a non-float kind or a store that is not this model's.
     pub fn set_precision(&self, vs: &mut nn::VarStore, kind: Kind) -> Result<()> {
         if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half) {
             return Err(ModelError::Config(format!("precision {kind:?}: expected float32, bf16 or f16")));
@@ -147,13 +147,21 @@ impl Smgeo {
         if self.kind() != kind {
             return Err(ModelError::Config("set_precision: the VarStore does not hold this model".into()));
         }
+        // The head, the fusion's norms and the MoE gates stay float32: they decide the
+        // argmax cell and the routing, and cost little.
+        for (name, mut t) in vs.variables() {
+            if name.starts_with("head.") || name.starts_with("fusion.") || name.contains(".ffn.gate.") {
+                let f = t.to_kind(Kind::Float);
+                t.set_data(&f);
+            }
+        }
         Ok(())
     }
 
     /// Compute in `kind` (bf16, f16) while the parameters keep theirs (float32 master
     /// weights that receive float32 gradients): mixed-precision training, as
     /// `torch.autocast` does. `None` computes in the parameters' kind. Routing, fusion
-    /// similarity, the 1×1 head outputs and the losses stay float32 either way.
+    /// similarity, the head and the losses stay float32 either way.
     pub fn set_compute_kind(&mut self, kind: Option<Kind>) -> Result<()> {
         if let Some(k) = kind {
             if !matches!(k, Kind::Float | Kind::BFloat16 | Kind::Half) {
@@ -211,9 +219,9 @@ impl Smgeo {
             }
             None => (ref_tokens, None),
         };
-        // (B, Hf, Wf, C) -> (B, C, Hf, Wf); the head tower runs in the compute kind, its
-        // heatmap and box outputs are float32 whatever the precision (`Head::forward_t`)
-        let feat = layers::as_kind(&fused.permute([0, 3, 1, 2]), self.compute_kind());
+        // (B, Hf, Wf, C) -> (B, C, Hf, Wf); the head runs in float32 whatever the
+        // precision (it decides the argmax cell and costs little)
+        let feat = layers::as_kind(&fused.permute([0, 3, 1, 2]), Kind::Float);
         trace.put("inter.query_vec", || query_vec.shallow_clone());
         trace.put("inter.sat_feat", || r.tokens.permute([0, 3, 1, 2]));
         let (hf, heatmap, bbox) = self.head.forward_t(&feat, train);

@@ -97,12 +97,16 @@ impl MoeGate {
         MoeGate { gate: Linear::with_init(&(vs / "gate"), dim, n_experts, true, init), top_k, noise_std }
     }
 
-    /// `z`: (B, H, W, C) normalised tokens. `cell`: Some((wh, ww)) for grid routing
-    /// (cells = windows on the zero-padded grid), None for per-token routing.
+    /// `z`: (B, H, W, C) normalised tokens, in the compute kind (what the experts see);
+    /// `z_gate`: the same tokens in float32 (what the gate routes on; the same tensor
+    /// when computing in float32). `cell`: Some((wh, ww)) for grid routing (cells =
+    /// windows on the zero-padded grid), None for per-token routing.
     /// Returns the MoE output (B, H, W, C) and the routing record.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         z: &Tensor,
+        z_gate: &Tensor,
         pool: &ExpertPool,
         cell: Option<(i64, i64)>,
         train: bool,
@@ -111,8 +115,12 @@ impl MoeGate {
     ) -> (Tensor, MoeCall) {
         let (b, h, w, c) = z.size4().expect("MoE input is (B, H, W, C)");
         let (cells, feat, pad) = match cell {
-            None => (z.reshape([-1, 1, c]), z.reshape([-1, c]), (0, 0)),
-            Some((wh, ww)) => cell_view(z, wh, ww),
+            None => (z.reshape([-1, 1, c]), z_gate.reshape([-1, c]), (0, 0)),
+            Some((wh, ww)) => {
+                let (cells, feat, pad) = cell_view(z, wh, ww);
+                let feat = if z_gate.kind() == z.kind() { feat } else { cell_view(z_gate, wh, ww).1 };
+                (cells, feat, pad)
+            }
         };
         // routing in float32 whatever the model's precision: the gate decides which
         // experts run, so a rounding flip would change the function, not just its digits

@@ -345,11 +345,12 @@ impl SwinBlock {
         let y = a.view([b, -1, c]).index_select(1, &inv).view([b, h, w, c]);
         let x = x + drop_path(&y, self.drop_path, ctx.train);
         // feed-forward path: dense MLP and/or MoE on norm2(x)
-        let z = as_kind(&self.norm2.forward(&x), ctx.kind);
+        let z32 = self.norm2.forward(&x); // float32: what the MoE gate routes on
+        let z = as_kind(&z32, ctx.kind);
         let mut f = self.mlp.as_ref().map(|m| m.forward(&z));
         if let (Some(gate), Some(pool)) = (&self.moe, pool) {
             let cell = ctx.cfg.grid_routing.then_some((g.wh, g.ww));
-            let (m, call) = gate.forward(&z, pool, cell, ctx.train, name.clone(), self.stage);
+            let (m, call) = gate.forward(&z, &z32, pool, cell, ctx.train, name.clone(), self.stage);
             ctx.trace.put(&format!("moe.{name}.x"), || z.reshape([-1, z.size()[3]]));
             ctx.trace.put(&format!("moe.{name}.out"), || m.reshape([-1, m.size()[3]]));
             ctx.moe_calls.push(call);
@@ -376,6 +377,11 @@ impl PatchEmbed {
             proj: super::layers::Conv2d::new(&(vs / "proj"), c_in, dim, patch, patch, 0),
             norm: LayerNorm::new(&(vs / "norm"), dim),
         }
+    }
+
+    /// Kind of the parameters (the model's precision).
+    pub fn kind(&self) -> Kind {
+        self.proj.weight.kind()
     }
 
     /// `x` in the compute kind → float32 tokens (the residual stream).

@@ -24,7 +24,7 @@ fn grid_routing_uses_cell_means_of_valid_tokens() {
     let vs = VarStore::new(Device::Cpu);
     let (g, pool) = gate_identity(&vs, 6);
     let z = Tensor::randn([1, 3, 3, 6], (Kind::Float, Device::Cpu));
-    let (_out, call) = g.forward(&z, &pool, Some((2, 2)), false, "t".into(), 1);
+    let (_out, call) = g.forward(&z, &z, &pool, Some((2, 2)), false, "t".into(), 1);
     // 3×3 grid padded to 4×4 → 4 cells; the gate is the identity so logits = cell means
     assert_eq!(call.logits.size(), vec![4, 6]);
     let want = (z.get(0).get(0).get(2) + z.get(0).get(1).get(2)) / 2.0; // cell (0, 1)
@@ -41,7 +41,7 @@ fn sparse_dispatch_equals_dense_weighting() {
     let (g, pool) = gate_identity(&vs, 6);
     let z = Tensor::randn([2, 4, 4, 6], (Kind::Float, Device::Cpu));
     for cell in [None, Some((2, 2))] {
-        let (out, call) = g.forward(&z, &pool, cell, false, "t".into(), 1);
+        let (out, call) = g.forward(&z, &z, &pool, cell, false, "t".into(), 1);
         // dense: every expert on every token, then each token takes its cell's top-2 mix
         let all: Vec<Tensor> = pool.experts.iter().map(|e| e.forward(&z)).collect();
         let idx: Vec<i64> = Vec::try_from(call.topk_idx.flatten(0, -1)).unwrap();

@@ -1,6 +1,6 @@
 //! Reduced-precision inference (bf16 / f16) against float32 on the same weights.
-//! Routing, fusion similarity, the 1×1 head outputs and the decode stay float32, so
-//! the heatmap is float32 with bf16 rounding only from the encoder and head tower.
+//! The residual stream, norms, routing, fusion, head and decode stay float32, so the
+//! heatmap is float32 with bf16 rounding only from the encoder's weights and matmuls.
 
 use smgeo::model::{decode, weights, ModelConfig, Smgeo, Trace};
 use smgeo::weights_cli::build;
@@ -67,12 +67,12 @@ fn bf16_release_golden_matches_float32() {
     let db = maxabs(&a.bbox, &b.bbox);
     let r = routing_agreement(&a.routing, &b.routing);
     eprintln!("release golden bf16: max|Δheatmap| {dh:.4}, max|Δbox| {db:.4}, routing agreement {r:.4}");
-    // Stated tolerance (measured: 0.20 logits, 0.37 cells, 98.7 %): the release routes
-    // per token, and the ~1 % of tokens whose top-2 set flips under bf16 rounding move
-    // the output more than rounding alone would.
+    // Stated tolerance (measured: 0.12 logits, 0.18 cells, 99.0 %): the release routes
+    // per token, and the ~1 % of tokens whose top-2 set flips under bf16 rounding of the
+    // encoder move the output more than rounding alone would.
     assert_eq!(a.cells, b.cells, "decoded cell");
-    assert!(r >= 0.97, "routing agreement {r}");
-    assert!(dh <= 0.3 && db <= 0.5, "max|Δheatmap| {dh}, max|Δbox| {db}");
+    assert!(r >= 0.98, "routing agreement {r}");
+    assert!(dh <= 0.2 && db <= 0.3, "max|Δheatmap| {dh}, max|Δbox| {db}");
 }
 
 #[test]
@@ -100,10 +100,10 @@ fn bf16_paper_preset_keeps_the_argmax_cell() {
     let (dh, db, r) =
         (maxabs(&a.heatmap, &b.heatmap), maxabs(&a.bbox, &b.bbox), routing_agreement(&a.routing, &b.routing));
     eprintln!("paper bf16: max|Δheatmap| {dh:.4}, max|Δbox| {db:.4}, routing {r:.4}, same cell {same}/{n}");
-    // Stated tolerance (measured 0.002 / 0.003 / 98.4 %). An untrained model's heatmap
+    // Stated tolerance (measured 0.0014 / 0.0018 / 98.8 %). An untrained model's heatmap
     // is nearly flat (top-2 margins down to 3e-4 logits), so the argmax may only flip
     // where the float32 margin is within twice the logit error.
-    assert!(dh <= 0.01 && db <= 0.01, "max|Δheatmap| {dh}, max|Δbox| {db}");
+    assert!(dh <= 0.005 && db <= 0.005, "max|Δheatmap| {dh}, max|Δbox| {db}");
     assert!(r >= 0.95, "routing agreement {r}");
     for k in 0..n as usize {
         if margin[k] as f64 > 2.0 * dh {
