@@ -55,22 +55,16 @@ pub fn stats(mut v: Vec<f64>) -> Value {
     json!({"median": q(0.5), "min": v[0], "max": v[v.len() - 1], "p90": q(0.9), "n": v.len()})
 }
 
-fn sync(d: Device) {
-    if let Device::Cuda(i) = d {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
 fn time_ms(dev: Device, runs: usize, warmup: usize, mut f: impl FnMut() -> Result<()>) -> Result<Value> {
     for _ in 0..warmup {
         f()?;
     }
-    sync(dev);
+    model::synchronize(dev);
     let mut ms = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
         let t = Instant::now();
         f()?;
-        sync(dev);
+        model::synchronize(dev);
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     Ok(stats(ms))
@@ -285,11 +279,11 @@ pub fn bench_train(a: &BenchTrainArgs) -> anyhow::Result<Value> {
     for k in 0..a.warmup + a.steps.max(1) {
         let t = Instant::now();
         let batch = collate(&samples, dev)?;
-        sync(dev);
+        model::synchronize(dev);
         let tc = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
         let st = train_step(&m, &mut opt, &batch, &cfg, mcfg.balance_entropy, lr_at(&cfg, 1.0))?;
-        sync(dev);
+        model::synchronize(dev);
         let ts = t.elapsed().as_secs_f64() * 1e3;
         losses.push(st.total);
         if k >= a.warmup {
@@ -372,7 +366,7 @@ pub fn bench_precision(a: &BenchPrecisionArgs) -> anyhow::Result<Value> {
     ds.scale = cfg.input_scale;
     let n = if a.limit > 0 { a.limit.min(ds.len()) } else { ds.len() };
     let hw = ds.sat_hw_scaled();
-    let (mut same_cell, mut count, mut skipped) = (0usize, 0usize, 0usize);
+    let (mut same_cell, mut count, mut skipped) = (0usize, 0usize, Vec::new());
     let (mut hit32, mut hitlo) = (0usize, 0usize);
     let (mut max_dh, mut sum_dh, mut cells_dh) = (0f64, 0f64, 0f64);
     let mut box_ious = Vec::new();
@@ -382,24 +376,17 @@ pub fn bench_precision(a: &BenchPrecisionArgs) -> anyhow::Result<Value> {
     let mut margins: Vec<(f64, bool)> = Vec::new();
     let mut i = 0;
     while i < n {
-        let mut samples = Vec::new();
-        while samples.len() < a.batch.max(1) && i < n {
-            match ds.load(i) {
-                Ok(s) => samples.push(s),
-                Err(_) => skipped += 1,
-            }
-            i += 1;
-        }
+        let samples = ds.next_batch(&mut i, n, a.batch, &mut skipped);
         if samples.is_empty() {
             continue;
         }
         let b = collate(&samples, dev)?;
         let sat_hw = (b.sat.size()[2], b.sat.size()[3]);
         let fwd = |m: &model::Smgeo, ms: &mut Vec<f64>| -> Result<model::Outputs> {
-            sync(dev);
+            model::synchronize(dev);
             let t = Instant::now();
             let o = tch::no_grad(|| m.forward_t(&b.query, &b.sat, false, &mut Trace::off()))?;
-            sync(dev);
+            model::synchronize(dev);
             ms.push(t.elapsed().as_secs_f64() * 1e3 / samples.len() as f64);
             Ok(o)
         };
@@ -445,7 +432,7 @@ pub fn bench_precision(a: &BenchPrecisionArgs) -> anyhow::Result<Value> {
         "preset": cfg.preset.to_string(),
         "precision": model::Precision::name_of(low_kind),
         "samples": count,
-        "skipped": skipped,
+        "skipped": skipped.len(),
         "same_argmax_cell": same_cell as f64 / count as f64,
         "f32_top2_margin": {"p10": ms[ms.len() / 10], "median": ms[ms.len() / 2]},
         "clear_peak_samples": clear.len(),

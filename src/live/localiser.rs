@@ -130,7 +130,7 @@ impl LocaliserConfig {
 /// Wall-clock time of each step of one localisation, milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct StepTimes {
-    /// Crop, resize, normalise, click channel, upload.
+    /// Crop, resize, normalise, click channel (the model service uploads it).
     pub query_prep_ms: f64,
     /// Mosaic read (0 on a cache hit).
     pub chip_ms: f64,
@@ -426,7 +426,7 @@ impl Localiser {
             ((click.1 - y0 as f64) * k).clamp(0.0, q as f64 - 1.0),
         );
         let t = preprocess::to_input(resized.as_raw(), q as i64, q as i64, 3 * q as usize, Some(qc))?;
-        Ok((crate::model::upload(&t.unsqueeze(0), self.model.device()), (x0, y0, side)))
+        Ok((t.unsqueeze(0), (x0, y0, side)))
     }
 
     /// Cached or fresh satellite features of the chip around `ground`:
@@ -466,7 +466,6 @@ impl Localiser {
         let t1 = Instant::now();
         let input = preprocess::to_input(&chip.pixels, chip.width as i64, chip.height as i64, 3 * chip.width, None)?
             .unsqueeze(0);
-        let input = crate::model::upload(&input, self.model.device());
         let feats = self.model.encode_reference(&input)?;
         let bytes = feats.tokens.numel() * feats.tokens.kind().elt_size_in_bytes()
             + feats.moe_calls.iter().map(|c| (c.logits.numel() + c.probs.numel()) * 4).sum::<usize>();

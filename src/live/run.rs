@@ -262,7 +262,7 @@ pub fn run_with_stop(
     }
     // One model for every stream (loaded once; streams' queries batch together).
     let service = start_model_service(cfg).map_err(|e| format!("{e:#}"));
-    let model = |_: &StreamSection| service.as_ref().map(|(s, info)| (s.client(), info.clone())).map_err(|e| e.clone());
+    let model = || service.as_ref().map(|(s, info)| (s.client(), info.clone())).map_err(|e| e.clone());
     let reports: Vec<anyhow::Result<StreamReport>> = std::thread::scope(|scope| {
         let handles: Vec<_> = cfg
             .streams
@@ -271,7 +271,7 @@ pub fn run_with_stop(
             .map(|(s, (p, rx))| {
                 let p = p.clone();
                 let stop = &*stop;
-                let m = model(s);
+                let m = model();
                 std::thread::Builder::new()
                     .name(format!("worker-{}", s.id))
                     .spawn_scoped(scope, move || stream_worker(cfg, s, m, &p, rx, stop))

@@ -47,8 +47,7 @@ impl Linear {
 
     /// The same in float32 whatever the kind of the input and the parameters.
     pub fn forward_f32(&self, xs: &Tensor) -> Tensor {
-        let f = |t: &Tensor| t.to_kind(Kind::Float);
-        f(xs).linear(&f(&self.weight), self.bias.as_ref().map(f).as_ref())
+        self.forward(&as_kind(xs, Kind::Float))
     }
 }
 
@@ -83,8 +82,7 @@ impl LayerNorm {
     /// The same in float32 whatever the kind of the input and the parameters (a no-op
     /// cast when both are float32 already).
     pub fn forward_f32(&self, xs: &Tensor) -> Tensor {
-        let f = |t: &Tensor| t.to_kind(Kind::Float);
-        f(xs).layer_norm([self.dim], Some(&f(&self.weight)), Some(&f(&self.bias)), 1e-5, true)
+        self.forward(&as_kind(xs, Kind::Float))
     }
 }
 
@@ -116,8 +114,7 @@ impl Conv2d {
 
     /// The same in float32 whatever the kind of the input and the parameters.
     pub fn forward_f32(&self, xs: &Tensor) -> Tensor {
-        let f = |t: &Tensor| t.to_kind(Kind::Float);
-        f(xs).conv2d(&f(&self.weight), Some(&f(&self.bias)), [self.stride], [self.padding], [1], 1)
+        self.forward(&as_kind(xs, Kind::Float))
     }
 }
 

@@ -143,17 +143,17 @@ impl Smgeo {
         if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half) {
             return Err(ModelError::Config(format!("precision {kind:?}: expected float32, bf16 or f16")));
         }
-        vs.set_kind(kind);
+        // The head, the fusion's norms and the MoE gates keep their float32 values: they
+        // decide the argmax cell and the routing, and cost little.
+        let keep = |name: &str| name.starts_with("head.") || name.starts_with("fusion.") || name.contains(".ffn.gate.");
+        for (name, mut t) in vs.variables() {
+            if !keep(&name) && t.is_floating_point() && t.kind() != kind {
+                let converted = t.to_kind(kind);
+                t.set_data(&converted);
+            }
+        }
         if self.kind() != kind {
             return Err(ModelError::Config("set_precision: the VarStore does not hold this model".into()));
-        }
-        // The head, the fusion's norms and the MoE gates stay float32: they decide the
-        // argmax cell and the routing, and cost little.
-        for (name, mut t) in vs.variables() {
-            if name.starts_with("head.") || name.starts_with("fusion.") || name.contains(".ffn.gate.") {
-                let f = t.to_kind(Kind::Float);
-                t.set_data(&f);
-            }
         }
         Ok(())
     }
@@ -277,6 +277,13 @@ fn merge_calls(q: Vec<MoeCall>, r: &[MoeCall]) -> Vec<MoeCall> {
         }
     }
     out
+}
+
+/// Wait for the work queued on `dev` (CUDA); nothing to wait for on the CPU.
+pub fn synchronize(dev: Device) {
+    if let Device::Cuda(i) = dev {
+        tch::Cuda::synchronize(i as i64);
+    }
 }
 
 /// A host tensor onto `dev`. On CUDA through pinned (page-locked) memory with a

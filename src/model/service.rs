@@ -65,7 +65,7 @@ type Reply<T> = SyncSender<std::result::Result<T, String>>;
 
 enum Job {
     Reference { sat: Tensor, reply: Reply<RefFeatures> },
-    Localise { queries: Tensor, ref_tokens: Tensor, img_hw: (i64, i64), reply: Reply<Vec<Detection>> },
+    Localise(Query),
 }
 
 /// Handle that starts the service; hand out [`ModelClient`]s with [`ModelService::client`].
@@ -156,11 +156,13 @@ impl ModelClient {
         if r.tokens.size().first() != Some(&1) {
             return Err(ModelError::Input(format!("one chip per request, got features {:?}", r.tokens.size())));
         }
-        self.call(|reply| Job::Localise {
-            queries: queries.shallow_clone(),
-            ref_tokens: r.tokens.shallow_clone(),
-            img_hw: r.img_hw,
-            reply,
+        self.call(|reply| {
+            Job::Localise(Query {
+                queries: queries.shallow_clone(),
+                ref_tokens: r.tokens.shallow_clone(),
+                img_hw: r.img_hw,
+                reply,
+            })
         })
     }
 }
@@ -226,8 +228,8 @@ fn serve(_vs: VarStore, model: Smgeo, rx: Receiver<Job>, policy: BatchPolicy, st
                 }
                 let _ = reply.send(r);
             }
-            Job::Localise { queries, ref_tokens, img_hw, reply } => {
-                let mut batch = vec![Query { queries, ref_tokens, img_hw, reply }];
+            Job::Localise(first) => {
+                let mut batch = vec![first];
                 let mut n = batch[0].n();
                 let deadline = Instant::now() + wait;
                 while n < policy.max_batch {
@@ -249,16 +251,9 @@ fn serve(_vs: VarStore, model: Smgeo, rx: Receiver<Job>, policy: BatchPolicy, st
                         },
                     };
                     match next {
-                        Some(Job::Localise { queries, ref_tokens, img_hw, reply }) => {
-                            let q = Query { queries, ref_tokens, img_hw, reply };
-                            if n + q.n() <= policy.max_batch && batch[0].fits(&q) {
-                                n += q.n();
-                                batch.push(q);
-                            } else {
-                                let Query { queries, ref_tokens, img_hw, reply } = q;
-                                pending.push_front(Job::Localise { queries, ref_tokens, img_hw, reply });
-                                break;
-                            }
+                        Some(Job::Localise(q)) if n + q.n() <= policy.max_batch && batch[0].fits(&q) => {
+                            n += q.n();
+                            batch.push(q);
                         }
                         Some(other) => {
                             pending.push_front(other);

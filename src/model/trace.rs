@@ -46,9 +46,7 @@ impl Trace {
         }
         if let Some((dev, last)) = &mut self.timer {
             if let Some(point) = name.strip_prefix("inter.") {
-                if let Device::Cuda(i) = *dev {
-                    tch::Cuda::synchronize(i as i64);
-                }
+                super::synchronize(*dev);
                 let now = Instant::now();
                 self.times.push((point.to_string(), now.duration_since(*last).as_secs_f64() * 1e3));
                 *last = now;

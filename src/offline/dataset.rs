@@ -94,6 +94,22 @@ impl Dataset {
         Ok(self.to_model_scale(s))
     }
 
+    /// The next batch of up to `size` loadable samples among records `*next..end`, in
+    /// order, advancing `*next`; a sample that fails to load is reported in `skipped`
+    /// (never silently dropped). Empty only when the range is exhausted or every sample
+    /// in the attempted window failed.
+    pub fn next_batch(&self, next: &mut usize, end: usize, size: usize, skipped: &mut Vec<String>) -> Vec<Sample> {
+        let mut samples = Vec::with_capacity(size.max(1));
+        while samples.len() < size.max(1) && *next < end {
+            match self.load(*next) {
+                Ok(s) => samples.push(s),
+                Err(e) => skipped.push(e.to_string()),
+            }
+            *next += 1;
+        }
+        samples
+    }
+
     /// A full-size sample (files of this dataset, or drawn like them) at the model's
     /// `scale`.
     pub fn to_model_scale(&self, s: Sample) -> Sample {

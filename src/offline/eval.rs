@@ -48,14 +48,7 @@ pub fn evaluate(model: &Smgeo, ds: &Dataset, o: &EvalOptions) -> Result<(EvalSum
     let mut skipped = Vec::new();
     let mut i = 0;
     while i < n {
-        let mut samples: Vec<Sample> = Vec::new();
-        while samples.len() < o.batch.max(1) && i < n {
-            match ds.load(i) {
-                Ok(s) => samples.push(s),
-                Err(e) => skipped.push(e.to_string()),
-            }
-            i += 1;
-        }
+        let samples = ds.next_batch(&mut i, n, o.batch, &mut skipped);
         if samples.is_empty() {
             continue;
         }
