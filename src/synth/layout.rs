@@ -11,7 +11,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::f64::consts::{FRAC_PI_2, PI};
 
-const ROOFS: [[u8; 3]; 8] = [
+/// Pitched-roof colours, drawn per house: tiles, slate, metal. Instances of one category
+/// differ in colour as they do in real imagery, so a prompt can tell neighbours apart.
+const ROOFS: [[u8; 3]; 12] = [
     [150, 70, 55],
     [120, 60, 50],
     [95, 95, 100],
@@ -20,8 +22,27 @@ const ROOFS: [[u8; 3]; 8] = [
     [110, 115, 95],
     [60, 85, 110],
     [175, 160, 140],
+    [185, 80, 60],
+    [45, 60, 90],
+    [70, 105, 70],
+    [130, 45, 40],
 ];
-const FLAT_ROOFS: [[u8; 3]; 5] = [[200, 200, 195], [170, 170, 168], [215, 210, 200], [140, 145, 150], [185, 180, 165]];
+/// Flat-roof colours (membrane, gravel, green roofs, painted metal), drawn per building.
+const FLAT_ROOFS: [[u8; 3]; 9] = [
+    [200, 200, 195],
+    [170, 170, 168],
+    [215, 210, 200],
+    [140, 145, 150],
+    [185, 180, 165],
+    [95, 125, 90],
+    [150, 90, 75],
+    [90, 110, 145],
+    [75, 75, 80],
+];
+/// Industrial metal roofs, drawn per warehouse.
+const METAL_ROOFS: [[u8; 3]; 5] = [[120, 135, 150], [150, 150, 145], [95, 110, 125], [160, 95, 70], [90, 125, 100]];
+/// Storage-tank tops, drawn per tank.
+const TANK_TOPS: [[u8; 3]; 4] = [[225, 225, 220], [200, 205, 200], [180, 190, 175], [150, 160, 170]];
 const CARS: [[u8; 3]; 7] =
     [[235, 235, 235], [25, 25, 28], [160, 162, 168], [150, 30, 30], [40, 60, 130], [90, 90, 95], [200, 190, 170]];
 
@@ -296,7 +317,6 @@ impl Builder {
         let rows = ((s1 - s0) / 34.0).floor().max(1.0) as usize;
         let row_h = (s1 - s0) / rows as f64;
         for row in 0..rows {
-            let roof = ROOFS[self.rng.gen_range(0..ROOFS.len())];
             let (w, d) = (self.rng.gen_range(9.0..13.0), self.rng.gen_range(8.0..10.5));
             let step = w + self.rng.gen_range(5.0..9.0);
             let across = s0 + (row as f64 + 0.5) * row_h;
@@ -304,6 +324,7 @@ impl Builder {
             let mut t = long0 + step / 2.0;
             while t < long1 - step / 2.0 {
                 let c = if along_x { (t, across) } else { (across, t) };
+                let roof = ROOFS[self.rng.gen_range(0..ROOFS.len())];
                 self.house(c, w, d, angle, roof, garden);
                 t += step;
             }
@@ -349,7 +370,6 @@ impl Builder {
     }
 
     fn apartments(&mut self, b: Block) {
-        let roof = FLAT_ROOFS[self.rng.gen_range(0..FLAT_ROOFS.len())];
         let (bw, bh) = (self.rng.gen_range(38.0..55.0), self.rng.gen_range(30.0..42.0));
         let (nx, ny) = (((b[2] - b[0]) / (bw + 14.0)).floor() as usize, ((b[3] - b[1]) / (bh + 14.0)).floor() as usize);
         for i in 0..nx {
@@ -358,6 +378,7 @@ impl Builder {
                 if !self.try_occupy(c, bw / 2.0, bh / 2.0) {
                     continue;
                 }
+                let roof = FLAT_ROOFS[self.rng.gen_range(0..FLAT_ROOFS.len())];
                 let fp = if self.rng.gen_bool(0.6) {
                     let t = self.rng.gen_range(9.0..12.0);
                     vec![rect(c, bw, bh, 0.0), rect(c, bw - 2.0 * t, bh - 2.0 * t, 0.0)]
@@ -372,7 +393,6 @@ impl Builder {
     }
 
     fn retail(&mut self, b: Block) {
-        let roof = FLAT_ROOFS[self.rng.gen_range(0..FLAT_ROOFS.len())];
         let depth = ((b[3] - b[1]) * 0.45).min(60.0);
         let n = if b[2] - b[0] > 150.0 { 2 } else { 1 };
         let bw = (b[2] - b[0]) / n as f64 - 10.0;
@@ -381,6 +401,7 @@ impl Builder {
             if !self.try_occupy(c, bw / 2.0, depth / 2.0) {
                 continue;
             }
+            let roof = FLAT_ROOFS[self.rng.gen_range(0..FLAT_ROOFS.len())];
             let fp = if self.rng.gen_bool(0.4) {
                 l_shape(c, bw, depth, depth * 0.5, self.rng.gen_range(0..2))
             } else {
@@ -438,7 +459,6 @@ impl Builder {
         self.push(vec![yard], Material::Concrete, Layer::Ground);
         let r = self.rng.gen_range(6.0..11.0);
         let pitch = 2.0 * r + self.rng.gen_range(4.0..8.0);
-        let top = [[225, 225, 220], [200, 205, 200], [180, 190, 175]][self.rng.gen_range(0..3)];
         let h = self.rng.gen_range(8.0..16.0);
         let half = (b[2] - b[0]) * 0.55;
         let (nx, ny) = ((half / pitch).floor() as usize, ((b[3] - b[1]) / pitch).floor() as usize);
@@ -446,6 +466,7 @@ impl Builder {
             for j in 0..ny {
                 let c = (b[0] + (i as f64 + 0.5) * pitch, b[1] + (j as f64 + 0.5) * pitch);
                 if self.try_occupy(c, r + 1.0, r + 1.0) {
+                    let top = TANK_TOPS[self.rng.gen_range(0..TANK_TOPS.len())];
                     self.push(vec![circle(c, r, 32)], Material::Paint { rgb: top }, Layer::Object);
                     self.push(
                         vec![circle(c, r * 0.55, 24), circle(c, r * 0.5, 24)],
@@ -461,12 +482,12 @@ impl Builder {
         self.warehouses(wb);
     }
 
-    /// A column of similar gable-roofed warehouses (same colour, 10 m apart) filling `wb`.
+    /// A column of similar gable-roofed warehouses (10 m apart, each its own metal colour)
+    /// filling `wb`.
     fn warehouses(&mut self, wb: Block) {
         if wb[2] - wb[0] < 25.0 {
             return;
         }
-        let rgb = [[120, 135, 150], [150, 150, 145], [95, 110, 125]][self.rng.gen_range(0..3)];
         let (w, d) = ((wb[2] - wb[0]).min(90.0), self.rng.gen_range(22.0..34.0));
         let n = ((wb[3] - wb[1] + 10.0) / (d + 10.0)).floor() as usize;
         for k in 0..n {
@@ -474,6 +495,7 @@ impl Builder {
             if !self.try_occupy(c, w / 2.0, d / 2.0) {
                 continue;
             }
+            let rgb = METAL_ROOFS[self.rng.gen_range(0..METAL_ROOFS.len())];
             for side in [1.0, -1.0] {
                 let half_c = (c.0, c.1 + side * d / 4.0);
                 let m = Material::Roof { rgb, normal_az: Some((side * FRAC_PI_2) as f32) };
