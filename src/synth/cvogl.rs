@@ -45,6 +45,10 @@ pub struct SampleConfig {
     pub chip_margin_px: f64,
     /// Wanted number of *other* same-category objects inside the chip.
     pub min_same_category: usize,
+    /// Smallest target: objects whose larger footprint side is shorter (m) are never
+    /// targets (still drawn, and still distractors). 0 = every object; the default 10 leaves
+    /// out cars, pools and the smallest houses: a few pixels at CVOGL's ground resolution.
+    pub min_target_m: f64,
     /// Camera heading range, degrees clockwise from north ((0, 360) = any; (0, 0) =
     /// north-up, as the satellite chip). Narrow ranges make easier data (curricula).
     pub heading_deg: (f64, f64),
@@ -66,6 +70,7 @@ impl Default for SampleConfig {
             click_margin_frac: 0.15,
             chip_margin_px: 24.0,
             min_same_category: 2,
+            min_target_m: 10.0,
             heading_deg: (0.0, 360.0),
             same_appearance: false,
         }
@@ -103,6 +108,9 @@ impl SampleConfig {
         }
         if !(0.0..self.chip_px as f64 / 4.0).contains(&self.chip_margin_px) {
             return bad("chip_margin_px", self.chip_margin_px.to_string(), "need 0 ≤ m < chip_px / 4");
+        }
+        if !(self.min_target_m >= 0.0 && self.min_target_m < self.max_target_m().0.min(self.max_target_m().1)) {
+            return bad("min_target_m", self.min_target_m.to_string(), "need 0 ≤ m < the largest target that fits");
         }
         Ok(())
     }
@@ -150,7 +158,7 @@ fn eligible(world: &World, cfg: &SampleConfig) -> Vec<(String, Vec<usize>)> {
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
     for (k, o) in world.objects.iter().enumerate() {
         let ext = (o.bbox[2] - o.bbox[0]).max(o.bbox[3] - o.bbox[1]);
-        if ext >= chip.min(view) {
+        if ext >= chip.min(view) || ext < cfg.min_target_m {
             continue;
         }
         match groups.iter_mut().find(|g| g.0 == o.category) {
@@ -469,6 +477,48 @@ mod tests {
         }
         let bad = SampleConfig { heading_deg: (10.0, 400.0), ..small_cfg() };
         assert!(matches!(bad.validate(), Err(SynthError::InvalidConfig { field: "heading_deg", .. })));
+    }
+
+    #[test]
+    fn min_target_size_leaves_small_objects_out() {
+        let w = World::generate(21, (900.0, 900.0));
+        let ext = |o: &Object| (o.bbox[2] - o.bbox[0]).max(o.bbox[3] - o.bbox[1]);
+        let cfg = small_cfg();
+        assert_eq!(cfg.min_target_m, 10.0);
+        let small = |s: &SynthSample| ext(w.objects.iter().find(|o| o.id == s.object_id).unwrap()) < 10.0;
+        let samples: Vec<_> = generate_split(&w, 5, 30, &cfg).unwrap().into_iter().map(|s| s.unwrap()).collect();
+        assert!(samples.iter().all(|s| !small(s)));
+        assert!(samples.iter().all(|s| s.category != "car"));
+        // Without the limit, small objects are targets too (cars, pools).
+        let every = SampleConfig { min_target_m: 0.0, ..small_cfg() };
+        let all: Vec<_> = generate_split(&w, 5, 30, &every).unwrap().into_iter().map(|s| s.unwrap()).collect();
+        assert!(all.iter().any(small));
+        let bad = SampleConfig { min_target_m: -1.0, ..small_cfg() };
+        assert!(matches!(bad.validate(), Err(SynthError::InvalidConfig { field: "min_target_m", .. })));
+    }
+
+    #[test]
+    fn instances_of_a_category_differ_in_colour() {
+        // Roof colours are drawn per building, so a chip's same-category neighbours can be
+        // told apart by colour (as in real imagery), not only by shape and surroundings.
+        let w = World::generate(5, (1500.0, 1500.0));
+        let roof_colours = |cat: &str| {
+            let mut colours = std::collections::HashSet::new();
+            for o in w.objects.iter().filter(|o| o.category == cat) {
+                let c = interior_point(&o.footprint);
+                for sh in &w.shapes {
+                    if let crate::synth::world::Material::Roof { rgb, .. } = &sh.material {
+                        if point_in_rings(&sh.rings, c) {
+                            colours.insert(*rgb);
+                        }
+                    }
+                }
+            }
+            colours.len()
+        };
+        for cat in ["building_residential", "building_apartment", "building_retail", "building_industrial"] {
+            assert!(roof_colours(cat) >= 4, "{cat}: {} roof colours", roof_colours(cat));
+        }
     }
 
     #[test]
