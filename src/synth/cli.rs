@@ -64,16 +64,32 @@ pub fn render_samples(
     cfg: &SampleConfig,
     threads: usize,
 ) -> Vec<super::Result<SynthSample>> {
+    map_samples(world, seed, n, cfg, threads, |_, s| s)
+}
+
+/// Render samples `0..n` (per-index RNG streams) on `threads` threads and hand each to `f`
+/// on the thread that rendered it: only the samples in flight are held in memory, so a
+/// split of any size can be written (the images go to disk inside `f`).
+pub fn map_samples<R: Send>(
+    world: &World,
+    seed: u64,
+    n: usize,
+    cfg: &SampleConfig,
+    threads: usize,
+    f: impl Fn(usize, super::Result<SynthSample>) -> R + Sync,
+) -> Vec<R> {
     let threads = threads.max(1).min(n.max(1));
-    let mut out: Vec<Option<super::Result<SynthSample>>> = (0..n).map(|_| None).collect();
+    let per = n.div_ceil(threads).max(1);
+    let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    let f = &f;
     std::thread::scope(|s| {
-        for (t, chunk) in out.chunks_mut(n.div_ceil(threads).max(1)).enumerate() {
-            let base = t * n.div_ceil(threads).max(1);
+        for (t, chunk) in out.chunks_mut(per).enumerate() {
             s.spawn(move || {
                 for (k, slot) in chunk.iter_mut().enumerate() {
+                    let idx = t * per + k;
                     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                    rng.set_stream((base + k) as u64);
-                    *slot = Some(make_sample(world, &mut rng, cfg));
+                    rng.set_stream(idx as u64);
+                    *slot = Some(f(idx, make_sample(world, &mut rng, cfg)));
                 }
             });
         }
@@ -135,20 +151,15 @@ pub fn run_cvogl(a: &CvoglArgs) -> anyhow::Result<serde_json::Value> {
             }
         };
         let sample_seed = a.seed ^ wseed;
-        let samples = render_samples(world, sample_seed, n, &cfg, threads);
-        let mut recs = Vec::with_capacity(n);
-        let mut cats: std::collections::BTreeMap<String, usize> = Default::default();
-        let mut same = 0usize;
-        for s in samples {
-            let s = s.map_err(|e| anyhow::anyhow!("{split} split: {e}"))?;
-            let id = next_id;
-            next_id += 1;
+        // Each worker writes its samples' JPEGs; only the records come back.
+        let first_id = next_id;
+        let written = map_samples(world, sample_seed, n, &cfg, threads, |k, s| -> anyhow::Result<_> {
+            let s = s.map_err(|e| anyhow::anyhow!("{split} split, sample {k}: {e}"))?;
+            let id = first_id + k as i64;
             let (qf, sf) = (format!("{id:06}_q.jpg"), format!("{id:06}_s.jpg"));
             save_jpeg(&s.query, &dir.join("query").join(&qf), a.jpeg_quality)?;
             save_jpeg(&s.sat, &dir.join("satellite").join(&sf), a.jpeg_quality)?;
-            *cats.entry(s.category.clone()).or_default() += 1;
-            same += usize::from(s.same_category_in_chip >= 1);
-            recs.push(CvoglRecord {
+            let rec = CvoglRecord {
                 id,
                 query_file: qf,
                 sat_file: sf,
@@ -156,8 +167,19 @@ pub fn run_cvogl(a: &CvoglArgs) -> anyhow::Result<serde_json::Value> {
                 click: s.click,
                 bbox: s.bbox,
                 polygon: s.polygon,
-                category: s.category.clone(),
-            });
+                category: s.category,
+            };
+            Ok((rec, s.same_category_in_chip))
+        });
+        next_id += n as i64;
+        let mut recs = Vec::with_capacity(n);
+        let mut cats: std::collections::BTreeMap<String, usize> = Default::default();
+        let mut same = 0usize;
+        for w in written {
+            let (rec, same_in_chip) = w?;
+            *cats.entry(rec.category.clone()).or_default() += 1;
+            same += usize::from(same_in_chip >= 1);
+            recs.push(rec);
         }
         let path = write_split(&a.out, &a.dataset, split, &recs)?;
         manifest["splits"][split] = serde_json::json!({
