@@ -311,6 +311,10 @@ pub struct TrainState {
     pub batch_in_epoch: usize,
     pub global_step: i64,
     pub best_val_acc50: f64,
+    /// Validation mIoU of the best checkpoint: breaks ties on acc@0.5 (early in training
+    /// acc@0.5 is often 0 for every epoch while the boxes still improve).
+    #[serde(default)]
+    pub best_val_miou: f64,
     pub best_epoch: Option<usize>,
     pub data_hash_train: String,
     pub data_hash_val: Option<String>,
@@ -544,6 +548,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             batch_in_epoch: 0,
             global_step: 0,
             best_val_acc50: -1.0,
+            best_val_miou: -1.0,
             best_epoch: None,
             data_hash_train: train_ds.hash.clone(),
             data_hash_val: val_ds.as_ref().map(|d| d.hash.clone()),
@@ -644,28 +649,39 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             train_time += t_step.elapsed();
             let max_hit = (cfg.max_steps > 0 && state.global_step as usize >= cfg.max_steps)
                 || (cfg.max_minutes > 0.0 && train_time.as_secs_f64() >= cfg.max_minutes * 60.0);
-            if max_hit || (cfg.checkpoint_every > 0 && state.global_step as usize % cfg.checkpoint_every == 0) {
-                save_dir(&last, &vs, Some(&opt), &state)?;
-            }
             if max_hit {
                 stop = true;
                 break;
             }
+            if cfg.checkpoint_every > 0 && state.global_step as usize % cfg.checkpoint_every == 0 {
+                save_dir(&last, &vs, Some(&opt), &state)?;
+            }
         }
-        if stop {
+        // Epoch end, or the step/time budget's end inside the epoch (a budget-limited run
+        // still validates what it trained and selects a best checkpoint): validation, best
+        // selection, checkpoint. A partial epoch keeps its place, so `--resume` finishes it.
+        let partial = stop && state.batch_in_epoch < batches_per_epoch;
+        if partial && n_loss == 0 {
+            save_dir(&last, &vs, Some(&opt), &state)?;
             break;
         }
-        // epoch end: validation, best selection, checkpoint
         let n = n_loss.max(1) as f64;
+        let done = if partial { state.batch_in_epoch as f64 / batches_per_epoch as f64 } else { 1.0 };
         let mut entry = serde_json::json!({"epoch": epoch, "train_loss": sum_loss / n, "train_heatmap": sum_hm / n,
-            "train_bbox": sum_box / n, "lr_end": lr_at(cfg, epoch as f64 + 1.0)});
+            "train_bbox": sum_box / n, "lr_end": lr_at(cfg, epoch as f64 + done)});
+        if partial {
+            entry["partial"] = serde_json::json!(true);
+            entry["batches"] = serde_json::json!(state.batch_in_epoch);
+        }
         if let Some(val) = &val_ds {
             let opts = EvalOptions { batch: cfg.batch, limit: cfg.limit_val, device: dev, examples: 0 };
             let (summary, _) = evaluate(&model, val, &opts)?;
             let acc = summary.overall.pixel_iou.acc_at_0_5;
             entry["val"] = serde_json::to_value(&summary.overall).map_err(ckpt_err)?;
-            if acc > state.best_val_acc50 {
+            let miou = summary.overall.pixel_iou.miou;
+            if acc > state.best_val_acc50 || (acc == state.best_val_acc50 && miou > state.best_val_miou) {
                 state.best_val_acc50 = acc;
+                state.best_val_miou = miou;
                 state.best_epoch = Some(epoch);
                 save_dir(&a.out.join("best"), &vs, None, &state)?;
             }
@@ -674,8 +690,10 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             }
         }
         state.history.push(entry);
-        state.epoch += 1;
-        state.batch_in_epoch = 0;
+        if !partial {
+            state.epoch += 1;
+            state.batch_in_epoch = 0;
+        }
         save_dir(&last, &vs, Some(&opt), &state)?;
     }
     if let Some(pb) = bar {
