@@ -166,18 +166,30 @@ fn cell_view(z: &Tensor, wh: i64, ww: i64) -> (Tensor, Tensor, (i64, i64)) {
 
 /// Sparse dispatch: for each expert, the cells that selected it, through the expert
 /// once, scaled by that cell's weight for it, accumulated into the output.
+///
+/// The (cell, expert) choices are sorted by expert once and cut into per-expert runs by
+/// their counts, so the host waits for the device once per MoE call (the counts), not
+/// once per expert (a `nonzero` each).
 fn dispatch(cells: &Tensor, pool: &ExpertPool, top_i: &Tensor, top_w: &Tensor) -> Tensor {
+    let (n_cells, k) = (top_i.size()[0], top_i.size()[1]);
+    let n_experts = pool.experts.len() as i64;
+    let flat_e = top_i.reshape([-1]);
+    let order = flat_e.argsort_stable(true, 0, false);
+    let cell_of = Tensor::arange(n_cells, (Kind::Int64, cells.device())).unsqueeze(1).expand([n_cells, k], false);
+    let sorted_cell = cell_of.reshape([-1]).index_select(0, &order);
+    let sorted_w = top_w.reshape([-1]).index_select(0, &order).to_kind(cells.kind());
+    let counts = Vec::<i64>::try_from(flat_e.bincount::<Tensor>(None, n_experts)).expect("expert counts");
     let mut out = cells.zeros_like();
-    for (e, expert) in pool.experts.iter().enumerate() {
-        let hit = top_i.eq(e as i64); // (nC, k)
-        let sel = hit.any_dim(1, false).nonzero().squeeze_dim(1);
-        if sel.size()[0] == 0 {
+    let mut start = 0;
+    for (expert, &n) in pool.experts.iter().zip(&counts) {
+        if n == 0 {
             continue;
         }
-        let weight = (top_w * hit.to_kind(top_w.kind())).sum_dim_intlist(1, false, cells.kind());
+        let sel = sorted_cell.narrow(0, start, n);
         let xe = cells.index_select(0, &sel);
-        let ye = expert.forward(&xe) * weight.index_select(0, &sel).view([-1, 1, 1]);
+        let ye = expert.forward(&xe) * sorted_w.narrow(0, start, n).view([-1, 1, 1]);
         out = out.index_add(0, &sel, &ye);
+        start += n;
     }
     out
 }
