@@ -3,15 +3,16 @@
 # query-blind `release` preset, same small configuration (config/bench_synth.toml) and
 # the same training-time budget each, evaluated on the unseen test world, plus the
 # trivial centre-box baseline. Usage: deploy/synth_benchmark.sh [DATA_DIR] [RUNS_DIR]
-# Needs a release build (deploy/smgeo.sh does it). ~45 min on 2 cores.
+# Needs a release build (deploy/smgeo.sh does it). ~60 min on 2 cores (15 of them writing
+# the data, once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release/smgeo
-data=${1:-.cache/bench/synth7}
+data=${1:-.cache/bench/synth8}
 runs=${2:-runs/synth_benchmark}
 minutes=${SMGEO_BENCH_MINUTES:-20}
 mkdir -p "$runs"
-[ -f "$data/manifest.json" ] || $bin synth cvogl --out "$data" --n-train 400 --n-val 60 --n-test 150 --seed 7 > /dev/null
+[ -f "$data/manifest.json" ] || $bin synth cvogl --out "$data" --n-train 3000 --n-val 60 --n-test 150 --seed 8 > /dev/null
 for p in paper release; do
   $bin train --config config/bench_synth.toml --model-preset "$p" --max-minutes "$minutes" \
     --data "$data" --out "$runs/$p" --quiet > "$runs/$p.train.json"
