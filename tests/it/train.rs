@@ -82,6 +82,36 @@ fn tiny_config(max_steps: usize) -> TrainConfig {
 }
 
 #[test]
+fn a_budget_ending_inside_an_epoch_still_validates_and_selects_a_best_checkpoint() {
+    let _rng = crate::common::torch_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, 6, "train");
+    write_dataset(&data, 3, "val");
+    // 3 batches per epoch; the budget ends after the first.
+    let cfg = |steps| TrainConfig { limit_train: 0, ..tiny_config(steps) };
+    let out = dir.path().join("run");
+    let s = train(&args(cfg(1), &data, out.clone(), false)).unwrap();
+    assert_eq!((s.steps, s.epochs_done, s.best_epoch), (1, 0, Some(0)));
+    assert!(out.join("best/weights.safetensors").exists(), "no best checkpoint after a partial epoch");
+    let state = |d: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join(d).join("state.json")).unwrap()).unwrap()
+    };
+    let st = state("last");
+    assert_eq!((st["epoch"].as_u64(), st["batch_in_epoch"].as_u64()), (Some(0), Some(1)));
+    let h = st["history"].as_array().unwrap();
+    assert_eq!(h.len(), 1);
+    assert_eq!((h[0]["partial"].as_bool(), h[0]["batches"].as_u64()), (Some(true), Some(1)));
+    assert!(h[0]["val"]["pixel_iou"]["count"].as_u64() == Some(2), "{}", h[0]);
+    // --resume finishes the epoch where it stopped: one full-epoch entry follows.
+    let r = train(&args(cfg(3), &data, out.clone(), true)).unwrap();
+    assert_eq!((r.steps, r.epochs_done), (3, 1));
+    let h = state("last")["history"].as_array().unwrap().clone();
+    assert_eq!(h.len(), 2);
+    assert_eq!((h[1]["epoch"].as_u64(), h[1].get("partial")), (Some(0), None));
+}
+
+#[test]
 fn loss_falls_and_resume_is_exact() {
     let _rng = crate::common::torch_rng();
     let dir = tempfile::tempdir().unwrap();
