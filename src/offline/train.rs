@@ -661,10 +661,6 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
         // still validates what it trained and selects a best checkpoint): validation, best
         // selection, checkpoint. A partial epoch keeps its place, so `--resume` finishes it.
         let partial = stop && state.batch_in_epoch < batches_per_epoch;
-        if partial && n_loss == 0 {
-            save_dir(&last, &vs, Some(&opt), &state)?;
-            break;
-        }
         let n = n_loss.max(1) as f64;
         let done = if partial { state.batch_in_epoch as f64 / batches_per_epoch as f64 } else { 1.0 };
         let mut entry = serde_json::json!({"epoch": epoch, "train_loss": sum_loss / n, "train_heatmap": sum_hm / n,

@@ -56,17 +56,6 @@ pub fn split_world_seed(seed: u64, split: &str) -> u64 {
     seed.wrapping_mul(0x9E37_79B9).wrapping_add(k)
 }
 
-/// Render samples `0..n` of a world with per-index RNG streams, on `threads` threads.
-pub fn render_samples(
-    world: &World,
-    seed: u64,
-    n: usize,
-    cfg: &SampleConfig,
-    threads: usize,
-) -> Vec<super::Result<SynthSample>> {
-    map_samples(world, seed, n, cfg, threads, |_, s| s)
-}
-
 /// Render samples `0..n` (per-index RNG streams) on `threads` threads and hand each to `f`
 /// on the thread that rendered it: only the samples in flight are held in memory, so a
 /// split of any size can be written (the images go to disk inside `f`).

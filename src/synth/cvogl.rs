@@ -109,7 +109,8 @@ impl SampleConfig {
         if !(0.0..self.chip_px as f64 / 4.0).contains(&self.chip_margin_px) {
             return bad("chip_margin_px", self.chip_margin_px.to_string(), "need 0 ≤ m < chip_px / 4");
         }
-        if !(self.min_target_m >= 0.0 && self.min_target_m < self.max_target_m().0.min(self.max_target_m().1)) {
+        let (chip_m, view_m) = self.max_target_m();
+        if !(self.min_target_m >= 0.0 && self.min_target_m < chip_m.min(view_m)) {
             return bad("min_target_m", self.min_target_m.to_string(), "need 0 ≤ m < the largest target that fits");
         }
         Ok(())
