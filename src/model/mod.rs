@@ -201,13 +201,48 @@ impl Smgeo {
 
     /// Fusion and head on encoded features. Consumes the MoE records of both.
     pub fn localise(&self, q: QueryFeatures, r: &RefFeatures, train: bool, trace: &mut Trace) -> Result<Outputs> {
+        self.localise_indexed(q, r, None, train, trace)
+    }
+
+    /// [`Smgeo::localise`] where query `i` is matched against reference `ref_index[i]`
+    /// (int64, one entry per query): several prompts on each of several chips in one
+    /// call, every chip encoded once (training on chips with several prompts). `None`:
+    /// query `i` against reference `i`, or every query against a single reference.
+    pub fn localise_indexed(
+        &self,
+        q: QueryFeatures,
+        r: &RefFeatures,
+        ref_index: Option<&Tensor>,
+        train: bool,
+        trace: &mut Trace,
+    ) -> Result<Outputs> {
         let (bq, br) = (q.tokens.size()[0], r.tokens.size()[0]);
-        if bq != br && br != 1 {
-            return Err(ModelError::Input(format!("query batch {bq} ≠ satellite batch {br}")));
-        }
-        // One reference for several queries (prompts on the same chip): a broadcast view.
-        let ref_tokens =
-            if br == 1 && bq > 1 { r.tokens.expand([bq, -1, -1, -1], false) } else { r.tokens.shallow_clone() };
+        let ref_tokens = match ref_index {
+            Some(idx) => {
+                let n = idx.size();
+                if n != [bq] || idx.kind() != Kind::Int64 {
+                    return Err(ModelError::Input(format!(
+                        "ref_index: expected int64 of shape [{bq}], got {:?} of shape {n:?}",
+                        idx.kind()
+                    )));
+                }
+                if bq > 0 {
+                    let (lo, hi) = (idx.min().int64_value(&[]), idx.max().int64_value(&[]));
+                    if lo < 0 || hi >= br {
+                        return Err(ModelError::Input(format!(
+                            "ref_index: entries {lo}..={hi} outside the satellite batch of {br}"
+                        )));
+                    }
+                }
+                r.tokens.index_select(0, &idx.to_device(r.tokens.device()))
+            }
+            None if bq != br && br != 1 => {
+                return Err(ModelError::Input(format!("query batch {bq} ≠ satellite batch {br}")));
+            }
+            // One reference for several queries (prompts on the same chip): a broadcast view.
+            None if br == 1 && bq > 1 => r.tokens.expand([bq, -1, -1, -1], false),
+            None => r.tokens.shallow_clone(),
+        };
         let query_vec = match &self.fusion {
             Some(f) => f.pool_query(&q.tokens, &q.click),
             None => q.tokens.mean_dim(&[1i64, 2][..], false, Kind::Float),
@@ -233,9 +268,22 @@ impl Smgeo {
 
     /// Full forward: `query` (B,4,Hq,Wq), `sat` (B,3,Hs,Ws).
     pub fn forward_t(&self, query: &Tensor, sat: &Tensor, train: bool, trace: &mut Trace) -> Result<Outputs> {
+        self.forward_indexed(query, sat, None, train, trace)
+    }
+
+    /// Full forward with query `i` matched against chip `ref_index[i]` (see
+    /// [`Smgeo::localise_indexed`]): `query` (N,4,Hq,Wq), `sat` (G,3,Hs,Ws), G ≤ N.
+    pub fn forward_indexed(
+        &self,
+        query: &Tensor,
+        sat: &Tensor,
+        ref_index: Option<&Tensor>,
+        train: bool,
+        trace: &mut Trace,
+    ) -> Result<Outputs> {
         let qf = self.encode_query(query, train, trace)?;
         let rf = self.encode_reference(sat, train, trace)?;
-        self.localise(qf, &rf, train, trace)
+        self.localise_indexed(qf, &rf, ref_index, train, trace)
     }
 
     fn entropy(&self, calls: &[MoeCall], dev: Device) -> Tensor {
@@ -308,4 +356,54 @@ pub fn count_params(vs: &nn::VarStore) -> i64 {
         .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var"))
         .map(|(_, t)| t.numel() as i64)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::VarStore;
+
+    fn tiny() -> (VarStore, Smgeo) {
+        let mut cfg = ModelConfig::paper();
+        cfg.embed_dim = 8;
+        cfg.num_heads = vec![1, 2, 2, 4];
+        cfg.depths = vec![2, 2, 2, 2];
+        cfg.head_feat_channels = 8;
+        cfg.moe_block_indices = [(1, vec![0]), (2, vec![0]), (3, vec![0])].into_iter().collect();
+        let vs = VarStore::new(Device::Cpu);
+        let m = Smgeo::new(&vs.root(), &cfg).unwrap();
+        (vs, m)
+    }
+
+    fn wave(shape: &[i64], f: f64) -> Tensor {
+        let n: i64 = shape.iter().product();
+        (Tensor::arange(n, (Kind::Float, Device::Cpu)) * f).sin().view(shape) * 2.0
+    }
+
+    #[test]
+    fn indexed_forward_matches_one_chip_per_query_and_sends_gradients_to_each_chip() {
+        let (_vs, m) = tiny();
+        let q = wave(&[3, 4, 64, 64], 0.37);
+        let s = wave(&[2, 3, 128, 128], 0.53).set_requires_grad(true);
+        let idx = Tensor::from_slice(&[1i64, 0, 1]);
+        let o = m.forward_indexed(&q, &s, Some(&idx), false, &mut Trace::off()).unwrap();
+        let per = m.forward_t(&q, &s.index_select(0, &idx), false, &mut Trace::off()).unwrap();
+        assert_eq!(o.heatmap.size(), vec![3, 1, 4, 4]);
+        let d = (&o.heatmap - &per.heatmap).abs().max().double_value(&[]);
+        assert!(d < 1e-5, "heatmaps differ by {d}");
+        let d = (&o.bbox - &per.bbox).abs().max().double_value(&[]);
+        assert!(d < 1e-5, "boxes differ by {d}");
+        // Each chip receives the gradients of its own queries.
+        let g = Tensor::run_backward(&[o.heatmap.sum(Kind::Float)], &[&s], false, false);
+        for c in 0..2 {
+            assert!(g[0].get(c).abs().sum(Kind::Float).double_value(&[]) > 0.0, "chip {c} got no gradient");
+        }
+        // A wrong index is an input error, not a libtorch crash.
+        for bad in
+            [Tensor::from_slice(&[0i64, 2, 1]), Tensor::from_slice(&[0i64, 1]), Tensor::from_slice(&[0i32, 1, 0])]
+        {
+            let e = m.forward_indexed(&q, &s, Some(&bad), false, &mut Trace::off()).unwrap_err();
+            assert!(e.to_string().contains("ref_index"), "{e}");
+        }
+    }
 }
