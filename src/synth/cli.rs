@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{make_sample, SampleConfig, SynthSample, World};
+use super::{make_group, SampleConfig, SynthSample, World};
 use crate::offline::cvogl::{write_split, CvoglRecord};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -44,6 +44,10 @@ pub struct CvoglArgs {
     /// hfov_deg, gsd_m, ...); sizes follow the dataset.
     #[arg(long)]
     pub sample_config: Option<PathBuf>,
+    /// Prompts per satellite chip (overrides the sample config's `queries_per_chip`):
+    /// records of one chip share its satellite image, on different objects.
+    #[arg(long)]
+    pub queries_per_chip: Option<usize>,
 }
 
 /// World seed of a split: each split its own area.
@@ -56,16 +60,17 @@ pub fn split_world_seed(seed: u64, split: &str) -> u64 {
     seed.wrapping_mul(0x9E37_79B9).wrapping_add(k)
 }
 
-/// Render samples `0..n` (per-index RNG streams) on `threads` threads and hand each to `f`
-/// on the thread that rendered it: only the samples in flight are held in memory, so a
+/// Render chips `0..n` (per-index RNG streams; each chip with its
+/// `cfg.queries_per_chip` prompts, [`make_group`]) on `threads` threads and hand each to
+/// `f` on the thread that rendered it: only the chips in flight are held in memory, so a
 /// split of any size can be written (the images go to disk inside `f`).
-pub fn map_samples<R: Send>(
+pub fn map_groups<R: Send>(
     world: &World,
     seed: u64,
     n: usize,
     cfg: &SampleConfig,
     threads: usize,
-    f: impl Fn(usize, super::Result<SynthSample>) -> R + Sync,
+    f: impl Fn(usize, super::Result<Vec<SynthSample>>) -> R + Sync,
 ) -> Vec<R> {
     let threads = threads.max(1).min(n.max(1));
     let per = n.div_ceil(threads).max(1);
@@ -78,7 +83,7 @@ pub fn map_samples<R: Send>(
                     let idx = t * per + k;
                     let mut rng = ChaCha8Rng::seed_from_u64(seed);
                     rng.set_stream(idx as u64);
-                    *slot = Some(f(idx, make_sample(world, &mut rng, cfg)));
+                    *slot = Some(f(idx, make_group(world, &mut rng, cfg)));
                 }
             });
         }
@@ -114,8 +119,13 @@ pub fn run_cvogl(a: &CvoglArgs) -> anyhow::Result<serde_json::Value> {
     };
     let geometry = crate::offline::cvogl::DatasetGeometry::for_dataset(&a.dataset)
         .ok_or_else(|| anyhow::anyhow!("unknown dataset {:?} (CVOGL_DroneAerial or CVOGL_SVI)", a.dataset))?;
-    let cfg =
-        SampleConfig { query_size: (geometry.query_hw.1, geometry.query_hw.0), chip_px: geometry.sat_hw.0, ..cfg };
+    let cfg = SampleConfig {
+        query_size: (geometry.query_hw.1, geometry.query_hw.0),
+        chip_px: geometry.sat_hw.0,
+        queries_per_chip: a.queries_per_chip.unwrap_or(cfg.queries_per_chip),
+        ..cfg
+    };
+    cfg.validate()?;
     let dir = a.out.join(&a.dataset);
     for sub in ["query", "satellite"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
@@ -140,39 +150,53 @@ pub fn run_cvogl(a: &CvoglArgs) -> anyhow::Result<serde_json::Value> {
             }
         };
         let sample_seed = a.seed ^ wseed;
-        // Each worker writes its samples' JPEGs; only the records come back.
+        // Each worker writes its chips' JPEGs; only the records come back. Chip g holds
+        // records first_id + g·k .. (k prompts, the last chip fewer when k does not
+        // divide n), which share its satellite file.
         let first_id = next_id;
-        let written = map_samples(world, sample_seed, n, &cfg, threads, |k, s| -> anyhow::Result<_> {
-            let s = s.map_err(|e| anyhow::anyhow!("{split} split, sample {k}: {e}"))?;
-            let id = first_id + k as i64;
-            let (qf, sf) = (format!("{id:06}_q.jpg"), format!("{id:06}_s.jpg"));
-            save_jpeg(&s.query, &dir.join("query").join(&qf), a.jpeg_quality)?;
-            save_jpeg(&s.sat, &dir.join("satellite").join(&sf), a.jpeg_quality)?;
-            let rec = CvoglRecord {
-                id,
-                query_file: qf,
-                sat_file: sf,
-                field3: (2.0 * s.click.0, 2.0 * s.click.1),
-                click: s.click,
-                bbox: s.bbox,
-                polygon: s.polygon,
-                category: s.category,
-            };
-            Ok((rec, s.same_category_in_chip))
+        let k_per = cfg.queries_per_chip;
+        let n_chips = n.div_ceil(k_per);
+        let written = map_groups(world, sample_seed, n_chips, &cfg, threads, |g, grp| -> anyhow::Result<_> {
+            let grp = grp.map_err(|e| anyhow::anyhow!("{split} split, chip {g}: {e}"))?;
+            let base = first_id + (g * k_per) as i64;
+            let sf = format!("{base:06}_s.jpg");
+            let take = k_per.min(n - g * k_per);
+            let mut recs = Vec::with_capacity(take);
+            for (j, s) in grp.into_iter().take(take).enumerate() {
+                let id = base + j as i64;
+                if j == 0 {
+                    save_jpeg(&s.sat, &dir.join("satellite").join(&sf), a.jpeg_quality)?;
+                }
+                let qf = format!("{id:06}_q.jpg");
+                save_jpeg(&s.query, &dir.join("query").join(&qf), a.jpeg_quality)?;
+                let rec = CvoglRecord {
+                    id,
+                    query_file: qf,
+                    sat_file: sf.clone(),
+                    field3: (2.0 * s.click.0, 2.0 * s.click.1),
+                    click: s.click,
+                    bbox: s.bbox,
+                    polygon: s.polygon,
+                    category: s.category,
+                };
+                recs.push((rec, s.same_category_in_chip));
+            }
+            Ok(recs)
         });
         next_id += n as i64;
         let mut recs = Vec::with_capacity(n);
         let mut cats: std::collections::BTreeMap<String, usize> = Default::default();
         let mut same = 0usize;
         for w in written {
-            let (rec, same_in_chip) = w?;
-            *cats.entry(rec.category.clone()).or_default() += 1;
-            same += usize::from(same_in_chip >= 1);
-            recs.push(rec);
+            for (rec, same_in_chip) in w? {
+                *cats.entry(rec.category.clone()).or_default() += 1;
+                same += usize::from(same_in_chip >= 1);
+                recs.push(rec);
+            }
         }
         let path = write_split(&a.out, &a.dataset, split, &recs)?;
         manifest["splits"][split] = serde_json::json!({
-            "n": recs.len(), "world_seed": wseed, "sample_seed": sample_seed, "file": path, "categories": cats,
+            "n": recs.len(), "chips": n_chips, "world_seed": wseed, "sample_seed": sample_seed, "file": path, "categories": cats,
             "with_same_category_distractor": same,
         });
         tracing::info!(split, n = recs.len(), "written");

@@ -56,6 +56,12 @@ pub struct SampleConfig {
     /// independently drawn drone appearance. An easy setting for curricula and ablations;
     /// the benchmark keeps the views different.
     pub same_appearance: bool,
+    /// Prompts per satellite chip (1 to 16): each chip gets this many records, each with
+    /// its own drone view and click, on different objects inside the chip — objects of the
+    /// first target's category first, so the chip alone cannot tell which one is meant. The
+    /// records share one satellite image file (as CVOGL records may); a trainer encodes it
+    /// once for all of them.
+    pub queries_per_chip: usize,
 }
 
 impl Default for SampleConfig {
@@ -73,6 +79,7 @@ impl Default for SampleConfig {
             min_target_m: 10.0,
             heading_deg: (0.0, 360.0),
             same_appearance: false,
+            queries_per_chip: 1,
         }
     }
 }
@@ -99,6 +106,9 @@ impl SampleConfig {
         }
         if !range_ok(self.hfov_deg, 5.0, 120.0) {
             return bad("hfov_deg", format!("{:?}", self.hfov_deg), "need 5 ≤ lo ≤ hi ≤ 120");
+        }
+        if !(1..=16).contains(&self.queries_per_chip) {
+            return bad("queries_per_chip", self.queries_per_chip.to_string(), "need 1 ≤ k ≤ 16");
         }
         if !(0.0..0.45).contains(&self.click_margin_frac) {
             return bad("click_margin_frac", self.click_margin_frac.to_string(), "need 0 ≤ m < 0.45");
@@ -173,6 +183,17 @@ fn eligible(world: &World, cfg: &SampleConfig) -> Vec<(String, Vec<usize>)> {
 
 /// Draw one sample. Fails only on an invalid config or a world without eligible targets.
 pub fn make_sample(world: &World, rng: &mut impl Rng, cfg: &SampleConfig) -> Result<SynthSample> {
+    let mut g = make_chip_samples(world, rng, cfg, 1)?;
+    Ok(g.swap_remove(0))
+}
+
+/// Draw one chip with `cfg.queries_per_chip` prompts on it (see [`SampleConfig`]); the
+/// first sample is the one [`make_sample`] draws from the same generator state.
+pub fn make_group(world: &World, rng: &mut impl Rng, cfg: &SampleConfig) -> Result<Vec<SynthSample>> {
+    make_chip_samples(world, rng, cfg, cfg.queries_per_chip)
+}
+
+fn make_chip_samples(world: &World, rng: &mut impl Rng, cfg: &SampleConfig, k: usize) -> Result<Vec<SynthSample>> {
     cfg.validate()?;
     let groups = eligible(world, cfg);
     if groups.is_empty() {
@@ -180,37 +201,100 @@ pub fn make_sample(world: &World, rng: &mut impl Rng, cfg: &SampleConfig) -> Res
         return Err(SynthError::NoTarget { seed: world.seed, chip_m, view_m });
     }
     let g = &groups[rng.gen_range(0..groups.len())];
-    let obj = &world.objects[g.1[rng.gen_range(0..g.1.len())]];
+    let first = g.1[rng.gen_range(0..g.1.len())];
+    let obj = &world.objects[first];
+    let (camera, click) = view_of(obj, rng, cfg)?;
+    let gsd = rng.gen_range(cfg.gsd_m.0..=cfg.gsd_m.1);
+    let (origin, same) = place_chip(world, obj, gsd, rng, cfg);
+    let sat_appearance = Appearance::satellite(rng);
+    let drone_appearance = if cfg.same_appearance { sat_appearance.clone() } else { Appearance::drone(rng) };
+    let sat = render_ortho(world, &sat_appearance, origin.0, origin.1, gsd, cfg.chip_px, cfg.chip_px);
+    let chip = Chip { origin, gsd, sat, appearance: sat_appearance };
+    let mut out = Vec::with_capacity(k);
+    out.push(chip.sample(world, obj, camera, click, drone_appearance, same));
+    if k > 1 {
+        // Further prompts: other eligible objects fully inside the chip (with the margin),
+        // the first target's category first; the first target again (another view) when
+        // the chip holds no other.
+        let span = cfg.chip_px as f64 * gsd;
+        let mg = cfg.chip_margin_px * gsd;
+        let inner = [origin.0 + mg, origin.1 - span + mg, origin.0 + span - mg, origin.1 - mg];
+        let mut ok = vec![false; world.objects.len()];
+        for i in groups.iter().flat_map(|g| g.1.iter()) {
+            ok[*i] = true;
+        }
+        let inside = |i: usize| {
+            let b = world.objects[i].bbox;
+            b[0] >= inner[0] && b[1] >= inner[1] && b[2] <= inner[2] && b[3] <= inner[3]
+        };
+        let mut used = vec![first];
+        for _ in 1..k {
+            let free: Vec<usize> =
+                (0..world.objects.len()).filter(|&i| ok[i] && !used.contains(&i) && inside(i)).collect();
+            let same_cat: Vec<usize> =
+                free.iter().copied().filter(|&i| world.objects[i].category == obj.category).collect();
+            let pool = if !same_cat.is_empty() { same_cat } else { free };
+            let pick = if pool.is_empty() { first } else { pool[rng.gen_range(0..pool.len())] };
+            used.push(pick);
+            let o = &world.objects[pick];
+            let (camera, click) = view_of(o, rng, cfg)?;
+            let drone = if cfg.same_appearance { chip.appearance.clone() } else { Appearance::drone(rng) };
+            let chip_box = [origin.0, origin.1 - span, origin.0 + span, origin.1];
+            let n_same = world.objects_inside(&chip_box).filter(|p| p.category == o.category && p.id != o.id).count();
+            out.push(chip.sample(world, o, camera, click, drone, n_same));
+        }
+    }
+    Ok(out)
+}
+
+/// A drone camera on `obj` and the click: the projection of its interior point.
+fn view_of(obj: &Object, rng: &mut impl Rng, cfg: &SampleConfig) -> Result<(Camera, (f64, f64))> {
     let label = interior_point(&obj.footprint);
     let camera = place_camera(obj, label, rng, cfg)?;
     let click = camera
         .project([label.0, label.1, 0.0])
         .unwrap_or((cfg.query_size.0 as f64 / 2.0, cfg.query_size.1 as f64 / 2.0));
-    let gsd = rng.gen_range(cfg.gsd_m.0..=cfg.gsd_m.1);
-    let (origin, same) = place_chip(world, obj, gsd, rng, cfg);
-    let to_px = |p: &P2| ortho_world_to_pixel(origin.0, origin.1, gsd, p.0, p.1);
-    let ring_px: Vec<P2> = obj.footprint[0].iter().map(to_px).collect();
-    let b = bbox_of(ring_px.iter()).unwrap_or([0.0; 4]);
-    let polygon = rect_polygon(&ring_px, b);
-    let sat_appearance = Appearance::satellite(rng);
-    let drone_appearance = if cfg.same_appearance { sat_appearance.clone() } else { Appearance::drone(rng) };
-    let sat = render_ortho(world, &sat_appearance, origin.0, origin.1, gsd, cfg.chip_px, cfg.chip_px);
-    let query = render_perspective(world, &drone_appearance, &camera);
-    Ok(SynthSample {
-        query,
-        sat,
-        click,
-        bbox: b,
-        polygon,
-        category: obj.category.clone(),
-        object_id: obj.id,
-        same_category_in_chip: same,
-        chip_origin_m: origin,
-        gsd_m: gsd,
-        camera,
-        sat_appearance,
-        drone_appearance,
-    })
+    Ok((camera, click))
+}
+
+/// A rendered satellite chip and its georeferencing.
+struct Chip {
+    origin: (f64, f64),
+    gsd: f64,
+    sat: RgbImage,
+    appearance: Appearance,
+}
+
+impl Chip {
+    /// The sample of a prompt on `obj` seen from `camera`.
+    fn sample(
+        &self,
+        world: &World,
+        obj: &Object,
+        camera: Camera,
+        click: (f64, f64),
+        drone_appearance: Appearance,
+        same: usize,
+    ) -> SynthSample {
+        let to_px = |p: &P2| ortho_world_to_pixel(self.origin.0, self.origin.1, self.gsd, p.0, p.1);
+        let ring_px: Vec<P2> = obj.footprint[0].iter().map(to_px).collect();
+        let b = bbox_of(ring_px.iter()).unwrap_or([0.0; 4]);
+        SynthSample {
+            query: render_perspective(world, &drone_appearance, &camera),
+            sat: self.sat.clone(),
+            click,
+            bbox: b,
+            polygon: rect_polygon(&ring_px, b),
+            category: obj.category.clone(),
+            object_id: obj.id,
+            same_category_in_chip: same,
+            chip_origin_m: self.origin,
+            gsd_m: self.gsd,
+            camera,
+            sat_appearance: self.appearance.clone(),
+            drone_appearance,
+        }
+    }
 }
 
 fn draw_heading(rng: &mut impl Rng, cfg: &SampleConfig) -> f64 {
@@ -520,6 +604,76 @@ mod tests {
         for cat in ["building_residential", "building_apartment", "building_retail", "building_industrial"] {
             assert!(roof_colours(cat) >= 4, "{cat}: {} roof colours", roof_colours(cat));
         }
+    }
+
+    #[test]
+    fn a_chip_with_several_prompts_puts_them_on_different_objects_of_the_category() {
+        let w = World::generate(21, (900.0, 900.0));
+        let cfg = SampleConfig { queries_per_chip: 4, ..small_cfg() };
+        let (mut same_cat, mut total, mut distinct) = (0, 0, 0);
+        for seed in 0..4u64 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let g = make_group(&w, &mut rng, &cfg).unwrap();
+            // The first prompt is what make_sample draws from the same state.
+            let one = make_sample(&w, &mut ChaCha8Rng::seed_from_u64(seed), &SampleConfig { ..small_cfg() }).unwrap();
+            assert_eq!(digest(&g[0]), digest(&one));
+            assert_eq!(g.len(), 4);
+            let mut ids: Vec<u64> = g.iter().map(|s| s.object_id).collect();
+            ids.sort();
+            ids.dedup();
+            // distinct objects as long as the chip holds enough eligible ones
+            let (span, mg) = (cfg.chip_px as f64 * g[0].gsd_m, cfg.chip_margin_px * g[0].gsd_m);
+            let o = g[0].chip_origin_m;
+            let inner = [o.0 + mg, o.1 - span + mg, o.0 + span - mg, o.1 - mg];
+            let available = eligible(&w, &cfg)
+                .iter()
+                .flat_map(|c| c.1.iter())
+                .filter(|&&i| {
+                    let b = w.objects[i].bbox;
+                    b[0] >= inner[0] && b[1] >= inner[1] && b[2] <= inner[2] && b[3] <= inner[3]
+                })
+                .count();
+            assert_eq!(ids.len(), available.min(4), "seed {seed}: {available} eligible objects in the chip");
+            distinct += ids.len();
+            // another category only once the first target's category is used up in the chip
+            let same_inside: Vec<u64> = eligible(&w, &cfg)
+                .iter()
+                .filter(|c| c.0 == g[0].category)
+                .flat_map(|c| c.1.iter())
+                .map(|&i| &w.objects[i])
+                .filter(|ob| {
+                    ob.bbox[0] >= inner[0] && ob.bbox[1] >= inner[1] && ob.bbox[2] <= inner[2] && ob.bbox[3] <= inner[3]
+                })
+                .map(|ob| ob.id)
+                .collect();
+            for j in 1..g.len() {
+                if g[j].category != g[0].category {
+                    let before: Vec<u64> = g[..j].iter().map(|s| s.object_id).collect();
+                    assert!(
+                        same_inside.iter().all(|id| before.contains(id)),
+                        "seed {seed}: prompt {j} left its category early"
+                    );
+                }
+            }
+            for s in &g {
+                assert!(s.sat == g[0].sat && s.chip_origin_m == g[0].chip_origin_m && s.gsd_m == g[0].gsd_m);
+                let obj = w.objects.iter().find(|o| o.id == s.object_id).unwrap();
+                // the click lies on the object on the ground, the box frames it in the chip
+                let p = s.camera.unproject_ground(s.click.0, s.click.1).unwrap();
+                assert!(point_in_rings(&obj.footprint, p) || dist_to_boundary(&obj.footprint, p) < 1e-6);
+                assert!((s.chip_origin_m.0 + s.bbox[0] * s.gsd_m - obj.bbox[0]).abs() < 1e-6);
+                let m = cfg.chip_margin_px - 1e-6;
+                let c = cfg.chip_px as f64;
+                assert!(s.bbox[0] >= m && s.bbox[1] >= m && s.bbox[2] <= c - m && s.bbox[3] <= c - m, "{:?}", s.bbox);
+                assert!((obj.bbox[2] - obj.bbox[0]).max(obj.bbox[3] - obj.bbox[1]) >= cfg.min_target_m);
+                same_cat += usize::from(s.category == g[0].category);
+                total += 1;
+            }
+        }
+        assert!(distinct >= 12, "only {distinct} distinct targets in 16 prompts");
+        assert!(same_cat > total / 2, "{same_cat} of {total} prompts in the first target's category");
+        let bad = SampleConfig { queries_per_chip: 0, ..small_cfg() };
+        assert!(matches!(bad.validate(), Err(SynthError::InvalidConfig { field: "queries_per_chip", .. })));
     }
 
     #[test]

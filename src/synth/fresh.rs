@@ -12,7 +12,7 @@ use image::RgbImage;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::cvogl::{make_sample, SampleConfig};
+use super::cvogl::{make_group, SampleConfig};
 use super::world::World;
 use crate::offline::dataset::Sample;
 
@@ -66,25 +66,51 @@ impl FreshSampler {
         Ok(FreshSampler { world, seed, cfg, jpeg_quality, manifest })
     }
 
-    /// Sample of stream `k` (id `k`), at full size, after the same JPEG round trip as
-    /// the written files.
-    pub fn sample(&self, k: u64) -> anyhow::Result<Sample> {
+    /// Prompts per chip of this dataset ([`SampleConfig::queries_per_chip`]).
+    pub fn queries_per_chip(&self) -> usize {
+        self.cfg.queries_per_chip
+    }
+
+    /// The samples of chip `g` (stream `g`; ids `g·k ..`, k = prompts per chip), at full
+    /// size, after the same JPEG round trip as the written files.
+    pub fn group(&self, g: u64) -> anyhow::Result<Vec<Sample>> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        rng.set_stream(k);
-        let s = make_sample(&self.world, &mut rng, &self.cfg)?;
+        rng.set_stream(g);
+        let grp = make_group(&self.world, &mut rng, &self.cfg)?;
         let rt = |img: &RgbImage| -> anyhow::Result<RgbImage> {
             let mut buf = Vec::new();
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, self.jpeg_quality).encode_image(img)?;
             Ok(image::load_from_memory_with_format(&buf, image::ImageFormat::Jpeg)?.to_rgb8())
         };
-        Ok(Sample {
-            id: k as i64,
-            query: rt(&s.query)?,
-            sat: rt(&s.sat)?,
-            click: s.click,
-            bbox: s.bbox,
-            category: s.category,
-        })
+        let sat = match grp.first() {
+            Some(s) => rt(&s.sat)?,
+            None => anyhow::bail!("chip {g}: no sample drawn"),
+        };
+        let k = self.cfg.queries_per_chip as u64;
+        grp.into_iter()
+            .enumerate()
+            .map(|(j, s)| {
+                Ok(Sample {
+                    id: (g * k + j as u64) as i64,
+                    query: rt(&s.query)?,
+                    sat: sat.clone(),
+                    click: s.click,
+                    bbox: s.bbox,
+                    category: s.category,
+                })
+            })
+            .collect()
+    }
+
+    /// Sample `k` (id `k`): prompt `k mod q` of chip `k div q` (q prompts per chip).
+    pub fn sample(&self, k: u64) -> anyhow::Result<Sample> {
+        let q = self.cfg.queries_per_chip as u64;
+        let mut g = self.group(k / q)?;
+        let j = (k % q) as usize;
+        if j >= g.len() {
+            anyhow::bail!("sample {k}: chip {} has {} prompts", k / q, g.len());
+        }
+        Ok(g.swap_remove(j))
     }
 }
 
@@ -95,9 +121,13 @@ mod tests {
 
     /// A tiny synthetic CVOGL dataset (2 train, 1 val, 0 test) in `dir`.
     fn tiny_synth_dataset(dir: &Path, seed: u64) {
+        synth_dataset(dir, seed, 2, None);
+    }
+
+    fn synth_dataset(dir: &Path, seed: u64, n_train: usize, queries_per_chip: Option<usize>) {
         let a = crate::synth::cli::CvoglArgs {
             out: dir.to_path_buf(),
-            n_train: 2,
+            n_train,
             n_val: 1,
             n_test: 0,
             seed,
@@ -107,6 +137,7 @@ mod tests {
             jpeg_quality: 90,
             scene: None,
             sample_config: None,
+            queries_per_chip,
         };
         crate::synth::cli::run_cvogl(&a).unwrap();
     }
@@ -131,6 +162,32 @@ mod tests {
         // the val split has its own world
         let v = FreshSampler::open(dir.path(), "val").unwrap();
         assert!(v.sample(0).unwrap().sat != f.sample(0).unwrap().sat);
+    }
+
+    #[test]
+    fn chips_with_several_prompts_reproduce_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        synth_dataset(dir.path(), 6, 3, Some(2));
+        let ds = Dataset::open(dir.path(), "CVOGL_DroneAerial", "train", true).unwrap();
+        // 3 records on 2 chips: the first chip's two prompts share its satellite file
+        assert_eq!(ds.chip_groups(3, 0), vec![vec![0, 1], vec![2]]);
+        assert_eq!(ds.records[0].sat_file, ds.records[1].sat_file);
+        assert_ne!(ds.records[1].sat_file, ds.records[2].sat_file);
+        assert_eq!(ds.chip_groups(3, 1), vec![vec![0], vec![1], vec![2]]);
+        let f = FreshSampler::open(dir.path(), "train").unwrap();
+        assert_eq!(f.queries_per_chip(), 2);
+        let disk: Vec<Sample> = ds.load_group(&[0, 1]).into_iter().map(|s| s.unwrap()).collect();
+        let fresh = f.group(0).unwrap();
+        assert_eq!(fresh.len(), 2);
+        for (x, d) in fresh.iter().zip(&disk) {
+            assert!(x.query == d.query && x.sat == d.sat, "sample {} differs from its files", d.id);
+            assert_eq!((x.id, x.click, x.bbox), (d.id, d.click, d.bbox));
+        }
+        // two prompts on one chip: the same image, different queries and targets
+        assert!(disk[0].sat == disk[1].sat && disk[0].query != disk[1].query);
+        assert_ne!(disk[0].bbox, disk[1].bbox);
+        let third = f.sample(2).unwrap();
+        assert!(third.query == ds.load(2).unwrap().query && third.id == 2);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod video;
 pub mod world;
 
 pub use camera::{render_perspective, Camera};
-pub use cvogl::{generate_split, make_sample, SampleConfig, SynthSample};
+pub use cvogl::{generate_split, make_group, make_sample, SampleConfig, SynthSample};
 pub use flight::FlightConfig;
 pub use render::{ortho_geotransform, ortho_pixel_to_world, ortho_world_to_pixel, render_ortho, Appearance};
 pub use world::{Object, World};
