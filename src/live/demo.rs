@@ -121,6 +121,7 @@ fn model_checkpoint(a: &DemoArgs, c: &DemoConfig, scene_dir: &Path) -> anyhow::R
             jpeg_quality: 92,
             scene: Some(scene_dir.to_path_buf()),
             sample_config: Some(sample_cfg),
+            queries_per_chip: None,
         };
         crate::synth::cli::run_cvogl(&args)?;
         eprintln!("  {} training samples of the scene in {:.0} s", c.data.n_train, t.elapsed().as_secs_f64());

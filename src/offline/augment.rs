@@ -45,35 +45,49 @@ impl Default for AugmentConfig {
 
 /// Satellite image and its target box.
 pub fn augment_sat(img: &RgbImage, b: Bx, cfg: &AugmentConfig, rng: &mut impl Rng) -> (RgbImage, Bx) {
+    let (img, boxes) = augment_sat_boxes(img, &[b], cfg, rng);
+    (img, boxes[0])
+}
+
+/// Satellite image and the boxes of several targets on it (prompts that share the chip):
+/// one transform for all, the crop keeps every box. `boxes` must not be empty.
+pub fn augment_sat_boxes(img: &RgbImage, boxes: &[Bx], cfg: &AugmentConfig, rng: &mut impl Rng) -> (RgbImage, Vec<Bx>) {
     let (w, h) = (img.width() as f64, img.height() as f64);
-    let (mut img, mut b) = (img.clone(), b);
+    let (mut img, mut bs) = (img.clone(), boxes.to_vec());
+    let map = |bs: &mut Vec<Bx>, f: &dyn Fn(Bx) -> Bx| bs.iter_mut().for_each(|b| *b = f(*b));
     if rng.gen_bool(cfg.crop_prob.clamp(0.0, 1.0)) {
-        // a square-ish crop of scale s that contains the box, resized back to (w, h)
+        // a square-ish crop of scale s that contains every box, resized back to (w, h)
+        let b = bs.iter().fold([f64::MAX, f64::MAX, f64::MIN, f64::MIN], |u, b| {
+            [u[0].min(b[0]), u[1].min(b[1]), u[2].max(b[2]), u[3].max(b[3])]
+        });
         let s = rng.gen_range(cfg.crop_min_scale.min(1.0)..=1.0);
         let (cw, ch) = ((w * s).max(b[2] - b[0] + 2.0).min(w), (h * s).max(b[3] - b[1] + 2.0).min(h));
         let x0 = rng.gen_range((b[2] - cw).max(0.0)..=b[0].min(w - cw).max((b[2] - cw).max(0.0)));
         let y0 = rng.gen_range((b[3] - ch).max(0.0)..=b[1].min(h - ch).max((b[3] - ch).max(0.0)));
-        let (x0, y0, cw, ch) = (x0.floor(), y0.floor(), cw.floor().max(1.0), ch.floor().max(1.0));
+        // Whole pixels that still contain the boxes: floor the start, ceil the end.
+        let (x1, y1) = ((x0 + cw).ceil().min(w), (y0 + ch).ceil().min(h));
+        let (x0, y0) = (x0.floor(), y0.floor());
+        let (cw, ch) = ((x1 - x0).max(1.0), (y1 - y0).max(1.0));
         let crop = imageops::crop_imm(&img, x0 as u32, y0 as u32, cw as u32, ch as u32).to_image();
         img = imageops::resize(&crop, w as u32, h as u32, imageops::FilterType::Triangle);
         let (sx, sy) = (w / cw, h / ch);
-        b = [(b[0] - x0) * sx, (b[1] - y0) * sy, (b[2] - x0) * sx, (b[3] - y0) * sy];
+        map(&mut bs, &|b| [(b[0] - x0) * sx, (b[1] - y0) * sy, (b[2] - x0) * sx, (b[3] - y0) * sy]);
     }
     if rng.gen_bool(cfg.flip_prob.clamp(0.0, 1.0)) {
         img = imageops::flip_horizontal(&img);
-        b = [w - b[2], b[1], w - b[0], b[3]];
+        map(&mut bs, &|b| [w - b[2], b[1], w - b[0], b[3]]);
     }
     if rng.gen_bool(cfg.flip_prob.clamp(0.0, 1.0)) {
         img = imageops::flip_vertical(&img);
-        b = [b[0], h - b[3], b[2], h - b[1]];
+        map(&mut bs, &|b| [b[0], h - b[3], b[2], h - b[1]]);
     }
     if w == h && rng.gen_bool(cfg.rot90_prob.clamp(0.0, 1.0)) {
         // 90° clockwise: (x, y) -> (h − y, x)
         img = imageops::rotate90(&img);
-        b = [h - b[3], b[0], h - b[1], b[2]];
+        map(&mut bs, &|b| [h - b[3], b[0], h - b[1], b[2]]);
     }
     colour_jitter(&mut img, cfg, rng);
-    (img, b)
+    (img, bs)
 }
 
 /// Query image and its click (x, y).
@@ -199,6 +213,35 @@ mod tests {
                 assert!(out.get_pixel(ox, oy)[0] < 60, "seed {seed}: outside is not black");
             }
             assert!(b[0] >= -0.5 && b[1] >= -0.5 && b[2] <= 128.5 && b[3] <= 128.5);
+        }
+    }
+
+    #[test]
+    fn boxes_sharing_a_chip_move_together_and_all_survive_the_crop() {
+        // A red and a green rectangle far apart: one transform for both, each box still
+        // frames its own colour.
+        let cfg =
+            AugmentConfig { crop_prob: 1.0, brightness: 0.0, contrast: 0.0, saturation: 0.0, ..Default::default() };
+        let (r, g) = ([8u32, 10, 30, 24], [96u32, 100, 120, 118]);
+        let img = RgbImage::from_fn(128, 128, |x, y| {
+            let inside = |b: [u32; 4]| x >= b[0] && x < b[2] && y >= b[1] && y < b[3];
+            Rgb(if inside(r) {
+                [255, 0, 0]
+            } else if inside(g) {
+                [0, 255, 0]
+            } else {
+                [0, 0, 0]
+            })
+        });
+        let f = |b: [u32; 4]| b.map(f64::from);
+        for seed in 0..12 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let (out, bs) = augment_sat_boxes(&img, &[f(r), f(g)], &cfg, &mut rng);
+            for (b, ch) in bs.iter().zip([0usize, 1]) {
+                let px = out.get_pixel(((b[0] + b[2]) / 2.0) as u32, ((b[1] + b[3]) / 2.0) as u32);
+                assert!(px[ch] > 200 && px[1 - ch] < 60, "seed {seed}: box {b:?} shows {px:?}");
+                assert!(b[0] >= -0.5 && b[1] >= -0.5 && b[2] <= 128.5 && b[3] <= 128.5, "seed {seed}: {b:?}");
+            }
         }
     }
 

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Kind, Tensor};
 
 use super::augment::AugmentConfig;
-use super::dataset::{augment, collate, Dataset, Sample};
+use super::dataset::{augment_group, collate_groups, Dataset, Sample};
 use super::eval::{evaluate, EvalOptions};
 use super::{OfflineError, Result};
 use crate::model::{loss, weights, ModelConfig, Preset, Smgeo, Trace};
@@ -36,7 +36,14 @@ pub struct TrainConfig {
     /// Inline overrides of model fields (same names as a model config file).
     pub model: Option<toml::Table>,
     pub epochs: usize,
+    /// Satellite chips per step. Records that share a satellite image (several prompts on
+    /// one chip, e.g. `synth cvogl` with `queries_per_chip` > 1) train in the same step,
+    /// the chip encoded once for all of them; records with their own image are one chip
+    /// each, so this is then the number of samples.
     pub batch: usize,
+    /// At most this many prompts of one chip per step (a chip with more is split across
+    /// steps); 0 = no limit.
+    pub max_queries_per_chip: usize,
     /// Base learning rate for batch 8; scaled by batch/8.
     pub lr: f64,
     pub min_lr: f64,
@@ -89,6 +96,7 @@ impl Default for TrainConfig {
             model: None,
             epochs: 25,
             batch: 8,
+            max_queries_per_chip: 8,
             lr: 1e-4,
             min_lr: 1e-5,
             warmup_epochs: 2.0,
@@ -364,7 +372,10 @@ pub struct TrainSummary {
     pub epochs_done: usize,
     pub best_val_acc50: f64,
     pub best_epoch: Option<usize>,
+    /// Training samples (prompts) per second of training time.
     pub samples_per_s: f64,
+    /// Satellite chips per second (equal to samples/s when every sample has its own chip).
+    pub chips_per_s: f64,
     pub train_minutes: f64,
     pub wall_minutes: f64,
     pub skipped_samples: usize,
@@ -373,8 +384,8 @@ pub struct TrainSummary {
     pub last_loss: f64,
 }
 
-/// Loaded (and augmented) samples of one batch, in order; errors are per sample.
-type LoadedBatch = Vec<Result<Sample>>;
+/// Loaded (and augmented) samples of one batch, chip by chip; errors are per sample.
+type LoadedBatch = Vec<Vec<Result<Sample>>>;
 
 /// Reads the batches of one epoch ahead of the training loop on background threads
 /// (bounded: at most two batches wait), in the epoch's order. Sample `i` of epoch `e`
@@ -386,43 +397,62 @@ struct Prefetch {
 }
 
 impl Prefetch {
+    /// `batches`: per step, the record indices of each chip (groups of
+    /// [`Dataset::chip_groups`]) with the group's index in the epoch's group list;
+    /// `group_stride`: the number of groups in the whole split (fresh chip numbering).
     fn start(
         ds: Dataset,
         fresh: Option<Arc<FreshSampler>>,
-        batches: Vec<Vec<usize>>,
+        batches: Vec<Vec<(usize, Vec<usize>)>>,
         cfg: &TrainConfig,
         epoch: usize,
+        group_stride: usize,
         threads: usize,
     ) -> Self {
         let (tx, rx) = crossbeam_channel::bounded::<LoadedBatch>(2);
-        let (aug, seed, augment_on) = (cfg.augmentation.clone(), cfg.seed, cfg.augment);
-        let load_one = move |ds: &Dataset, i: usize| -> Result<Sample> {
-            let s = match &fresh {
-                Some(f) if epoch > 0 => fresh_sample(f, ds, (epoch * ds.len() + i) as u64)?,
-                _ => ds.load(i)?,
+        let (aug, seed, augment_on, max_q) =
+            (cfg.augmentation.clone(), cfg.seed, cfg.augment, cfg.max_queries_per_chip);
+        let load_group = move |ds: &Dataset, (gi, idx): &(usize, Vec<usize>)| -> Vec<Result<Sample>> {
+            let loaded = match &fresh {
+                Some(f) if epoch > 0 => match fresh_group(f, ds, (epoch * group_stride + gi) as u64, max_q) {
+                    Ok(g) => g.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                },
+                _ => ds.load_group(idx),
             };
-            Ok(if augment_on {
-                let key = seed.wrapping_mul(1_000_003) ^ ((epoch as u64) << 32) ^ i as u64;
-                augment(s, &aug, &mut ChaCha8Rng::seed_from_u64(key))
-            } else {
-                s
-            })
+            if !augment_on {
+                return loaded;
+            }
+            // Keyed by (seed, epoch, first record of the chip) alone: the chip and its
+            // first prompt as a lone sample would be; prompt j > 0 from its own stream.
+            let key = seed.wrapping_mul(1_000_003) ^ ((epoch as u64) << 32) ^ idx[0] as u64;
+            let (mut out, mut ok) = (Vec::with_capacity(loaded.len()), Vec::with_capacity(loaded.len()));
+            for r in loaded {
+                match r {
+                    Ok(s) => ok.push(s),
+                    Err(e) => out.push(Err(e)),
+                }
+            }
+            let mut rng = ChaCha8Rng::seed_from_u64(key);
+            let member = |j: usize| ChaCha8Rng::seed_from_u64(key ^ ((j as u64) << 48));
+            out.extend(augment_group(ok, &aug, &mut rng, member).into_iter().map(Ok));
+            out
         };
         let thread = std::thread::spawn(move || {
-            for idx in batches {
-                let out: LoadedBatch = if threads <= 1 || idx.len() <= 1 {
-                    idx.iter().map(|&i| load_one(&ds, i)).collect()
+            for groups in batches {
+                let out: LoadedBatch = if threads <= 1 || groups.len() <= 1 {
+                    groups.iter().map(|g| load_group(&ds, g)).collect()
                 } else {
-                    let per = idx.len().div_ceil(threads);
+                    let per = groups.len().div_ceil(threads);
                     std::thread::scope(|sc| {
-                        let hs: Vec<_> = idx
+                        let hs: Vec<_> = groups
                             .chunks(per)
-                            .map(|c| sc.spawn(|| c.iter().map(|&i| load_one(&ds, i)).collect::<Vec<_>>()))
+                            .map(|c| sc.spawn(|| c.iter().map(|g| load_group(&ds, g)).collect::<Vec<_>>()))
                             .collect();
                         hs.into_iter()
                             .flat_map(|h| {
                                 h.join().unwrap_or_else(|_| {
-                                    vec![Err(OfflineError::Config("a data loader thread panicked".into()))]
+                                    vec![vec![Err(OfflineError::Config("a data loader thread panicked".into()))]]
                                 })
                             })
                             .collect()
@@ -441,10 +471,15 @@ impl Prefetch {
     }
 }
 
-/// Sample `k` of the training world, as `Dataset::load` would give it (model scale).
-fn fresh_sample(f: &FreshSampler, ds: &Dataset, k: u64) -> Result<Sample> {
-    let s = f.sample(k).map_err(|e| OfflineError::Sample { id: k as i64, msg: format!("fresh sample {k}: {e:#}") })?;
-    Ok(ds.to_model_scale(s))
+/// Chip `g` of the training world with its prompts (at most `max`, 0 = all), as
+/// `Dataset::load_group` would give them (model scale).
+fn fresh_group(f: &FreshSampler, ds: &Dataset, g: u64, max: usize) -> Result<Vec<Sample>> {
+    let mut grp =
+        f.group(g).map_err(|e| OfflineError::Sample { id: g as i64, msg: format!("fresh chip {g}: {e:#}") })?;
+    if max > 0 {
+        grp.truncate(max);
+    }
+    Ok(grp.into_iter().map(|s| ds.to_model_scale(s)).collect())
 }
 
 /// `loader_threads` resolved: the configured number, or half the cores (1 to 8).
@@ -477,7 +512,7 @@ pub fn train_step(
     balance_entropy: bool,
     lr: f64,
 ) -> Result<StepOut> {
-    let out = model.forward_t(&batch.query, &batch.sat, true, &mut Trace::off())?;
+    let out = model.forward_indexed(&batch.query, &batch.sat, batch.ref_index.as_ref(), true, &mut Trace::off())?;
     let hs = out.heatmap.size();
     let sat_hw = (batch.sat.size()[2], batch.sat.size()[3]);
     let tg = loss::build_targets(&batch.boxes, sat_hw, (hs[2], hs[3])).to_device(batch.sat.device());
@@ -563,7 +598,13 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
     if n_train == 0 {
         return Err(OfflineError::Config(format!("{}: no training samples", train_ds.report.path.display())));
     }
-    let batches_per_epoch = n_train.div_ceil(cfg.batch);
+    let groups = train_ds.chip_groups(n_train, cfg.max_queries_per_chip);
+    let group_stride = if n_train == train_ds.len() {
+        groups.len()
+    } else {
+        train_ds.chip_groups(train_ds.len(), cfg.max_queries_per_chip).len()
+    };
+    let batches_per_epoch = groups.len().div_ceil(cfg.batch);
     let n_loader = loader_threads(cfg);
     let fresh = if cfg.fresh_samples {
         let f =
@@ -584,39 +625,52 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
     });
     let t0 = Instant::now();
     let mut train_time = std::time::Duration::ZERO;
-    let (mut seen, mut skipped) = (0usize, 0usize);
+    let (mut seen, mut chips, mut skipped) = (0usize, 0usize, 0usize);
     let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
     let mut stop = false;
     while state.epoch < cfg.epochs && !stop {
         let epoch = state.epoch;
         // `limit_train` keeps the same first samples every epoch (a fixed subset).
-        let mut order: Vec<usize> = (0..n_train).collect();
+        let mut order: Vec<usize> = (0..groups.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
         let resumed_mid_epoch = state.batch_in_epoch > 0;
         let (mut sum_loss, mut n_loss) = if resumed_mid_epoch { state.epoch_loss } else { (0.0, 0) };
         let (mut sum_hm, mut sum_box) = if resumed_mid_epoch { state.epoch_parts } else { (0.0, 0.0) };
-        let batches: Vec<Vec<usize>> = (state.batch_in_epoch..batches_per_epoch)
-            .map(|b| order[b * cfg.batch..((b + 1) * cfg.batch).min(n_train)].to_vec())
+        let batches: Vec<Vec<(usize, Vec<usize>)>> = (state.batch_in_epoch..batches_per_epoch)
+            .map(|b| {
+                order[b * cfg.batch..((b + 1) * cfg.batch).min(groups.len())]
+                    .iter()
+                    .map(|&g| (g, groups[g].clone()))
+                    .collect()
+            })
             .collect();
-        let prefetch = Prefetch::start(train_ds.clone(), fresh.clone(), batches, cfg, epoch, n_loader);
+        let prefetch = Prefetch::start(train_ds.clone(), fresh.clone(), batches, cfg, epoch, group_stride, n_loader);
         for b in state.batch_in_epoch..batches_per_epoch {
             let t_step = Instant::now();
-            let mut samples: Vec<Sample> = Vec::with_capacity(cfg.batch);
-            for s in prefetch.next()? {
-                match s {
-                    Ok(s) => samples.push(s),
-                    Err(e) if cfg.skip_bad_samples => {
-                        skipped += 1;
-                        tracing::warn!("skipping: {e}");
+            let mut loaded: Vec<Vec<Sample>> = Vec::with_capacity(cfg.batch);
+            for g in prefetch.next()? {
+                let mut ok = Vec::with_capacity(g.len());
+                for s in g {
+                    match s {
+                        Ok(s) => ok.push(s),
+                        Err(e) if cfg.skip_bad_samples => {
+                            skipped += 1;
+                            tracing::warn!("skipping: {e}");
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
+                }
+                if !ok.is_empty() {
+                    loaded.push(ok);
                 }
             }
-            if samples.is_empty() {
+            if loaded.is_empty() {
                 state.batch_in_epoch = b + 1;
                 continue;
             }
-            let batch = collate(&samples, dev)?;
+            let group_refs: Vec<&[Sample]> = loaded.iter().map(Vec::as_slice).collect();
+            let batch = collate_groups(&group_refs, dev)?;
+            let n_samples: usize = loaded.iter().map(Vec::len).sum();
             let epoch_f = epoch as f64 + b as f64 / batches_per_epoch as f64;
             let lr = lr_at(cfg, epoch_f);
             tch::manual_seed((cfg.seed as i64).wrapping_mul(31).wrapping_add(state.global_step));
@@ -635,7 +689,8 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             sum_box += st.bbox;
             state.epoch_loss = (sum_loss, n_loss);
             state.epoch_parts = (sum_hm, sum_box);
-            seen += samples.len();
+            seen += n_samples;
+            chips += loaded.len();
             state.global_step += 1;
             state.batch_in_epoch = b + 1;
             if let Some(pb) = &bar {
@@ -702,6 +757,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
         best_val_acc50: state.best_val_acc50,
         best_epoch: state.best_epoch,
         samples_per_s: seen as f64 / train_time.as_secs_f64().max(1e-9),
+        chips_per_s: chips as f64 / train_time.as_secs_f64().max(1e-9),
         train_minutes: train_time.as_secs_f64() / 60.0,
         wall_minutes: t0.elapsed().as_secs_f64() / 60.0,
         skipped_samples: skipped,
