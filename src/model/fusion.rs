@@ -49,10 +49,18 @@ impl Fusion {
     /// `f_ref`: (B, H, W, C), `q`: (B, C) float32 → (fused (B, H, W, C) in the kind of
     /// `f_ref`, A (B, H, W) float32). The similarity is computed in float32.
     pub fn forward(&self, f_ref: &Tensor, q: &Tensor) -> (Tensor, Tensor) {
+        let (fused, a, _) = self.forward_with_logits(f_ref, q);
+        (fused, a)
+    }
+
+    /// [`Fusion::forward`] plus the similarity logits s (B, H, W), A = σ(s): what the
+    /// optional matching loss supervises.
+    pub fn forward_with_logits(&self, f_ref: &Tensor, q: &Tensor) -> (Tensor, Tensor, Tensor) {
         let c = *f_ref.size().last().expect("rank 4");
         let r = self.norm_ref.forward_f32(f_ref);
         let qn = self.norm_query.forward_f32(q).unsqueeze(1).unsqueeze(1); // (B,1,1,C)
-        let a = ((r * qn).sum_dim_intlist(-1, false, Kind::Float) / (c as f64).sqrt()).sigmoid();
-        (f_ref * a.unsqueeze(-1).to_kind(f_ref.kind()), a)
+        let s = (r * qn).sum_dim_intlist(-1, false, Kind::Float) / (c as f64).sqrt();
+        let a = s.sigmoid();
+        (f_ref * a.unsqueeze(-1).to_kind(f_ref.kind()), a, s)
     }
 }

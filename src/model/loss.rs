@@ -115,20 +115,35 @@ pub fn release_loss(
 /// 4 box channels on the target window, divided by the window cells × 4.
 /// `balance`: mean over MoE calls of log E − H(p̄) (with gradient), or zero.
 pub fn paper_loss(hm: &Tensor, bb: &Tensor, t: &Targets, balance: &Tensor, lambdas: (f64, f64, f64)) -> LossParts {
-    let logp = hm.log_sigmoid();
-    let log1mp = (-hm).log_sigmoid();
-    let p = hm.sigmoid();
-    let pos = t.heatmap.eq(1.0).to_kind(Kind::Float);
-    let neg_w = (-&t.heatmap + 1.0).pow_tensor_scalar(4.0) * (-&pos + 1.0);
-    let pos_l = -((-&p + 1.0).square() * logp * &pos).sum(Kind::Float);
-    let neg_l = -(p.square() * log1mp * neg_w).sum(Kind::Float);
-    let n_pos = pos.sum(Kind::Float).clamp_min(1.0);
-    let heat = (pos_l + neg_l) / n_pos;
+    let heat = centernet_focal(hm, &t.heatmap);
     let m = &t.mask;
     let bbox = ((bb - &t.bbox).abs() * m).sum(Kind::Float) / (m.sum(Kind::Float) * 4.0).clamp_min(1.0);
     let ent = balance * lambdas.2;
     let total = &heat * lambdas.0 + &bbox * lambdas.1 + &ent;
     LossParts { heatmap: heat, bbox, entropy_term: ent, total }
+}
+
+/// CenterNet focal loss (α = 2, β = 4) of `logits` against the Gaussian `target` map of
+/// the same shape, divided by the number of centres (see [`paper_loss`]).
+pub fn centernet_focal(logits: &Tensor, target: &Tensor) -> Tensor {
+    let logp = logits.log_sigmoid();
+    let log1mp = (-logits).log_sigmoid();
+    let p = logits.sigmoid();
+    let pos = target.eq(1.0).to_kind(Kind::Float);
+    let neg_w = (-target + 1.0).pow_tensor_scalar(4.0) * (-&pos + 1.0);
+    let pos_l = -((-&p + 1.0).square() * logp * &pos).sum(Kind::Float);
+    let neg_l = -(p.square() * log1mp * neg_w).sum(Kind::Float);
+    let n_pos = pos.sum(Kind::Float).clamp_min(1.0);
+    (pos_l + neg_l) / n_pos
+}
+
+/// Matching loss (optional, training only; not in MODEL.md's loss): the same focal loss
+/// on the fusion's similarity logits (B, Hf, Wf), so that the query vector matches the
+/// reference features at the prompted object's cell and not at the other cells — the
+/// other objects of the chip included. A direct signal to the matching that the head's
+/// loss reaches only through the fusion gate.
+pub fn match_loss(fusion_logits: &Tensor, t: &Targets) -> Tensor {
+    centernet_focal(&fusion_logits.unsqueeze(1), &t.heatmap)
 }
 
 #[cfg(test)]
@@ -170,5 +185,8 @@ mod tests {
         let want = 0.25 * ln2 + 0.0625 * 0.25 * ln2;
         assert!((l.heatmap.double_value(&[]) - want).abs() < 1e-6);
         assert_eq!(l.bbox.double_value(&[]), 0.0);
+        // the matching loss is the same focal loss on (B, H, W) similarity logits
+        let m = match_loss(&hm.squeeze_dim(1), &t);
+        assert!((m.double_value(&[]) - want).abs() < 1e-6);
     }
 }

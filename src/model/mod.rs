@@ -75,6 +75,8 @@ pub struct Outputs {
     pub query_vec: Tensor,
     /// Fusion attention (B, Hf, Wf) when the model has a fusion.
     pub fusion_attn: Option<Tensor>,
+    /// Its logits (A = σ(logits)), for the matching loss.
+    pub fusion_logits: Option<Tensor>,
     /// MoE calls in the reference order: per stage, query blocks then satellite blocks.
     pub moe_calls: Vec<MoeCall>,
 }
@@ -247,12 +249,12 @@ impl Smgeo {
             Some(f) => f.pool_query(&q.tokens, &q.click),
             None => q.tokens.mean_dim(&[1i64, 2][..], false, Kind::Float),
         };
-        let (fused, attn) = match &self.fusion {
+        let (fused, attn, logits) = match &self.fusion {
             Some(f) => {
-                let (x, a) = f.forward(&ref_tokens, &query_vec);
-                (x, Some(a))
+                let (x, a, s) = f.forward_with_logits(&ref_tokens, &query_vec);
+                (x, Some(a), Some(s))
             }
-            None => (ref_tokens, None),
+            None => (ref_tokens, None, None),
         };
         // (B, Hf, Wf, C) -> (B, C, Hf, Wf); the head runs in float32 whatever the
         // precision (it decides the argmax cell and costs little)
@@ -263,7 +265,7 @@ impl Smgeo {
         trace.put("inter.head_feat", || hf);
         let moe_calls = merge_calls(q.moe_calls, &r.moe_calls);
         let entropy = self.entropy(&moe_calls, heatmap.device());
-        Ok(Outputs { heatmap, bbox, entropy, query_vec, fusion_attn: attn, moe_calls })
+        Ok(Outputs { heatmap, bbox, entropy, query_vec, fusion_attn: attn, fusion_logits: logits, moe_calls })
     }
 
     /// Full forward: `query` (B,4,Hq,Wq), `sat` (B,3,Hs,Ws).

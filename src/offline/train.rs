@@ -52,6 +52,9 @@ pub struct TrainConfig {
     pub clip_grad_norm: f64,
     /// λ₁ focal, λ₂ L1, λ₃ MoE balance.
     pub lambdas: (f64, f64, f64),
+    /// Weight of the matching loss (`loss::match_loss`: focal loss on the fusion's
+    /// similarity map; models with a fusion only). 0 = MODEL.md's loss alone.
+    pub match_loss: f64,
     pub seed: u64,
     pub augment: bool,
     pub augmentation: AugmentConfig,
@@ -103,6 +106,7 @@ impl Default for TrainConfig {
             weight_decay: 1e-4,
             clip_grad_norm: 1.0,
             lambdas: (1.0, 1.0, 0.01),
+            match_loss: 0.0,
             seed: 42,
             augment: true,
             augmentation: AugmentConfig::default(),
@@ -139,8 +143,8 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
             return bad("need lr > 0 and 0 ≤ min_lr ≤ lr");
         }
-        if self.weight_decay < 0.0 || self.clip_grad_norm < 0.0 || self.warmup_epochs < 0.0 {
-            return bad("weight_decay, clip_grad_norm and warmup_epochs must be ≥ 0");
+        if self.weight_decay < 0.0 || self.clip_grad_norm < 0.0 || self.warmup_epochs < 0.0 || self.match_loss < 0.0 {
+            return bad("weight_decay, clip_grad_norm, warmup_epochs and match_loss must be ≥ 0");
         }
         if self.precision == crate::model::Precision::F16 {
             return bad("precision = \"f16\" is not supported for training (it needs loss scaling); use bf16");
@@ -518,11 +522,15 @@ pub fn train_step(
     let tg = loss::build_targets(&batch.boxes, sat_hw, (hs[2], hs[3])).to_device(batch.sat.device());
     let bal = if balance_entropy { out.entropy.shallow_clone() } else { out.entropy.zeros_like() };
     let lp = loss::paper_loss(&out.heatmap, &out.bbox, &tg, &bal, cfg.lambdas);
-    let mut grads = opt.gradients(&lp.total)?;
+    let total = match (&out.fusion_logits, cfg.match_loss > 0.0) {
+        (Some(s), true) => &lp.total + loss::match_loss(s, &tg) * cfg.match_loss,
+        _ => lp.total.shallow_clone(),
+    };
+    let mut grads = opt.gradients(&total)?;
     let grad_norm = AdamW::clip_grad_norm(&mut grads, cfg.clip_grad_norm);
     opt.step(&grads, lr, cfg.weight_decay);
     Ok(StepOut {
-        total: lp.total.double_value(&[]),
+        total: total.double_value(&[]),
         heatmap: lp.heatmap.double_value(&[]),
         bbox: lp.bbox.double_value(&[]),
         grad_norm,

@@ -299,6 +299,7 @@ fn chips_with_several_prompts_train_together_and_resume_exactly() {
         config.limit_train = 0;
         config.augment = true;
         config.fresh_samples = true;
+        config.match_loss = 0.5;
         config.model.as_mut().unwrap().insert("input_scale".into(), 0.25.into());
         train(&args(config, &data, dir.path().join(out), resume)).unwrap()
     };
@@ -318,6 +319,12 @@ fn chips_with_several_prompts_train_together_and_resume_exactly() {
     for (k, t) in &wf {
         assert!(t.equal(&wr[k]), "{k} differs after resume");
     }
+    // the matching loss (0.5 × focal on the fusion similarity) is part of the first loss
+    let mut plain = tiny_config(1);
+    (plain.batch, plain.limit_train, plain.augment) = (1, 0, true);
+    plain.model.as_mut().unwrap().insert("input_scale".into(), 0.25.into());
+    let p = train(&args(plain, &data, dir.path().join("plain"), false)).unwrap();
+    assert!(full.first_loss > p.first_loss + 0.1, "match loss absent: {} vs {}", full.first_loss, p.first_loss);
 }
 
 #[test]
