@@ -361,11 +361,12 @@ pub fn count_params(vs: &nn::VarStore) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tch::nn::VarStore;
 
-    fn tiny() -> (VarStore, Smgeo) {
+    /// A tiny paper-preset model (embed 8, MoE in stages 1–3) for unit tests.
+    pub(crate) fn tiny() -> (VarStore, Smgeo) {
         let mut cfg = ModelConfig::paper();
         cfg.embed_dim = 8;
         cfg.num_heads = vec![1, 2, 2, 4];
@@ -377,7 +378,8 @@ mod tests {
         (vs, m)
     }
 
-    fn wave(shape: &[i64], f: f64) -> Tensor {
+    /// A deterministic input of `shape` without the global generator (tests run in parallel).
+    pub(crate) fn wave(shape: &[i64], f: f64) -> Tensor {
         let n: i64 = shape.iter().product();
         (Tensor::arange(n, (Kind::Float, Device::Cpu)) * f).sin().view(shape) * 2.0
     }

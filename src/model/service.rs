@@ -328,26 +328,10 @@ fn run_batch(model: &Smgeo, batch: Vec<Query>, stats: &ServiceStats) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ModelConfig;
-
-    fn tiny() -> (VarStore, Smgeo) {
-        let mut cfg = ModelConfig::paper();
-        cfg.embed_dim = 8;
-        cfg.num_heads = vec![1, 2, 2, 4];
-        cfg.depths = vec![2, 2, 2, 2];
-        cfg.head_feat_channels = 8;
-        cfg.moe_block_indices = [(1, vec![0]), (2, vec![0]), (3, vec![0])].into_iter().collect();
-        let vs = VarStore::new(Device::Cpu);
-        let m = Smgeo::new(&vs.root(), &cfg).unwrap();
-        (vs, m)
-    }
+    use crate::model::tests::{tiny, wave};
 
     /// Deterministic inputs without the global generator (tests run in parallel).
     fn inputs(seed: i64) -> (Tensor, Tensor) {
-        let wave = |shape: &[i64], f: f64| {
-            let n: i64 = shape.iter().product();
-            (Tensor::arange(n, (Kind::Float, Device::Cpu)) * f).sin().view(shape) * 2.0
-        };
         (wave(&[2, 4, 64, 64], 0.37 + 0.011 * seed as f64), wave(&[1, 3, 128, 128], 0.53 + 0.007 * seed as f64))
     }
 

@@ -78,23 +78,22 @@ impl Dataset {
     pub fn load_group(&self, idx: &[usize]) -> Vec<Result<Sample>> {
         let Some(&i0) = idx.first() else { return vec![] };
         let r0 = &self.records[i0];
-        let sat = self.read_image(r0.id, r0.sat_path(self.dir()), self.geometry.sat_hw, "satellite").map(|img| {
-            let (img, sx, sy) = resize_by(img, self.scale);
-            (img, sx, sy)
-        });
+        let sat = self
+            .read_image(r0.id, r0.sat_path(self.dir()), self.geometry.sat_hw, "satellite")
+            .map(|img| resize_by(img, self.scale));
         idx.iter()
             .map(|&i| {
                 let r = &self.records[i];
-                let (sat, sx, sy) = match &sat {
-                    Ok(x) => x.clone(),
-                    Err(e) => return Err(OfflineError::Sample { id: r.id, msg: strip_id(e) }),
-                };
                 if r.sat_file != r0.sat_file {
                     return Err(OfflineError::Sample {
                         id: r.id,
                         msg: format!("grouped with record {} but its satellite image differs", r0.id),
                     });
                 }
+                let (sat, sx, sy) = match &sat {
+                    Ok(x) => x.clone(),
+                    Err(e) => return Err(OfflineError::Sample { id: r.id, msg: strip_id(e) }),
+                };
                 let query = self.read_image(r.id, r.query_path(self.dir()), self.geometry.query_hw, "query")?;
                 let (query, qx, qy) = resize_by(query, self.scale);
                 Ok(Sample {

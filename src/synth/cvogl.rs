@@ -165,11 +165,9 @@ pub struct SynthSample {
 
 /// Targets that fit the config, grouped by category (sorted by name).
 fn eligible(world: &World, cfg: &SampleConfig) -> Vec<(String, Vec<usize>)> {
-    let (chip, view) = cfg.max_target_m();
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
     for (k, o) in world.objects.iter().enumerate() {
-        let ext = (o.bbox[2] - o.bbox[0]).max(o.bbox[3] - o.bbox[1]);
-        if ext >= chip.min(view) || ext < cfg.min_target_m {
+        if !is_target(o, cfg) {
             continue;
         }
         match groups.iter_mut().find(|g| g.0 == o.category) {
@@ -179,6 +177,14 @@ fn eligible(world: &World, cfg: &SampleConfig) -> Vec<(String, Vec<usize>)> {
     }
     groups.sort_by(|a, b| a.0.cmp(&b.0));
     groups
+}
+
+/// Whether `o` may be a target: at least `min_target_m`, and smaller than the smallest
+/// chip and the widest view can frame.
+fn is_target(o: &Object, cfg: &SampleConfig) -> bool {
+    let (chip, view) = cfg.max_target_m();
+    let ext = (o.bbox[2] - o.bbox[0]).max(o.bbox[3] - o.bbox[1]);
+    ext < chip.min(view) && ext >= cfg.min_target_m
 }
 
 /// Draw one sample. Fails only on an invalid config or a world without eligible targets.
@@ -201,8 +207,7 @@ fn make_chip_samples(world: &World, rng: &mut impl Rng, cfg: &SampleConfig, k: u
         return Err(SynthError::NoTarget { seed: world.seed, chip_m, view_m });
     }
     let g = &groups[rng.gen_range(0..groups.len())];
-    let first = g.1[rng.gen_range(0..g.1.len())];
-    let obj = &world.objects[first];
+    let obj = &world.objects[g.1[rng.gen_range(0..g.1.len())]];
     let (camera, click) = view_of(obj, rng, cfg)?;
     let gsd = rng.gen_range(cfg.gsd_m.0..=cfg.gsd_m.1);
     let (origin, same) = place_chip(world, obj, gsd, rng, cfg);
@@ -218,28 +223,18 @@ fn make_chip_samples(world: &World, rng: &mut impl Rng, cfg: &SampleConfig, k: u
         // the chip holds no other.
         let span = cfg.chip_px as f64 * gsd;
         let mg = cfg.chip_margin_px * gsd;
-        let inner = [origin.0 + mg, origin.1 - span + mg, origin.0 + span - mg, origin.1 - mg];
-        let mut ok = vec![false; world.objects.len()];
-        for i in groups.iter().flat_map(|g| g.1.iter()) {
-            ok[*i] = true;
-        }
-        let inside = |i: usize| {
-            let b = world.objects[i].bbox;
-            b[0] >= inner[0] && b[1] >= inner[1] && b[2] <= inner[2] && b[3] <= inner[3]
-        };
-        let mut used = vec![first];
+        let chip_box = [origin.0, origin.1 - span, origin.0 + span, origin.1];
+        let inner = [chip_box[0] + mg, chip_box[1] + mg, chip_box[2] - mg, chip_box[3] - mg];
+        let candidates: Vec<&Object> = world.objects_inside(&inner).filter(|o| is_target(o, cfg)).collect();
+        let mut used = vec![obj.id];
         for _ in 1..k {
-            let free: Vec<usize> =
-                (0..world.objects.len()).filter(|&i| ok[i] && !used.contains(&i) && inside(i)).collect();
-            let same_cat: Vec<usize> =
-                free.iter().copied().filter(|&i| world.objects[i].category == obj.category).collect();
+            let free: Vec<&Object> = candidates.iter().copied().filter(|o| !used.contains(&o.id)).collect();
+            let same_cat: Vec<&Object> = free.iter().copied().filter(|o| o.category == obj.category).collect();
             let pool = if !same_cat.is_empty() { same_cat } else { free };
-            let pick = if pool.is_empty() { first } else { pool[rng.gen_range(0..pool.len())] };
-            used.push(pick);
-            let o = &world.objects[pick];
+            let o = if pool.is_empty() { obj } else { pool[rng.gen_range(0..pool.len())] };
+            used.push(o.id);
             let (camera, click) = view_of(o, rng, cfg)?;
             let drone = if cfg.same_appearance { chip.appearance.clone() } else { Appearance::drone(rng) };
-            let chip_box = [origin.0, origin.1 - span, origin.0 + span, origin.1];
             let n_same = world.objects_inside(&chip_box).filter(|p| p.category == o.category && p.id != o.id).count();
             out.push(chip.sample(world, o, camera, click, drone, n_same));
         }

@@ -1,10 +1,11 @@
 //! Fresh samples from the world of a synthetic CVOGL dataset: the training data of
-//! `smgeo synth cvogl` is a finite draw (samples `0..N`, one ChaCha stream each) from a
-//! procedural world, so a trainer can keep drawing from the same distribution (streams
-//! `N, N+1, …`) instead of repeating the files. The manifest written next to the dataset
-//! names everything needed: the world (seed and size, or the scene), the sample config,
-//! the sample seed and the JPEG quality. Sample `k` is the same wherever and whenever it
-//! is drawn, and stream `k < N` reproduces the file written for record `k`.
+//! `smgeo synth cvogl` is a finite draw (chips `0..N`, one ChaCha stream each, each chip
+//! with its `queries_per_chip` prompts) from a procedural world, so a trainer can keep
+//! drawing from the same distribution (streams `N, N+1, …`) instead of repeating the
+//! files. The manifest written next to the dataset names everything needed: the world
+//! (seed and size, or the scene), the sample config, the sample seed and the JPEG
+//! quality. Chip `g` is the same wherever and whenever it is drawn, and stream `g < N`
+//! reproduces the files written for its records.
 
 use std::path::{Path, PathBuf};
 
@@ -101,17 +102,6 @@ impl FreshSampler {
             })
             .collect()
     }
-
-    /// Sample `k` (id `k`): prompt `k mod q` of chip `k div q` (q prompts per chip).
-    pub fn sample(&self, k: u64) -> anyhow::Result<Sample> {
-        let q = self.cfg.queries_per_chip as u64;
-        let mut g = self.group(k / q)?;
-        let j = (k % q) as usize;
-        if j >= g.len() {
-            anyhow::bail!("sample {k}: chip {} has {} prompts", k / q, g.len());
-        }
-        Ok(g.swap_remove(j))
-    }
 }
 
 #[cfg(test)]
@@ -142,6 +132,11 @@ mod tests {
         crate::synth::cli::run_cvogl(&a).unwrap();
     }
 
+    /// The lone prompt of chip `g` (one prompt per chip: sample `g`).
+    fn one(f: &FreshSampler, g: u64) -> Sample {
+        f.group(g).unwrap().swap_remove(0)
+    }
+
     #[test]
     fn streams_below_n_reproduce_the_written_files_and_later_ones_are_new() {
         let dir = tempfile::tempdir().unwrap();
@@ -151,17 +146,17 @@ mod tests {
         let f = FreshSampler::open(&dir.path().join("CVOGL_DroneAerial"), "train").unwrap();
         for i in 0..2 {
             let disk = ds.load(i).unwrap();
-            let x = f.sample(i as u64).unwrap();
+            let x = one(&f, i as u64);
             assert!(x.query == disk.query && x.sat == disk.sat, "stream {i} differs from the written sample");
             assert_eq!((x.click, x.bbox, x.category.as_str()), (disk.click, disk.bbox, disk.category.as_str()));
         }
-        let new = f.sample(2).unwrap();
+        let new = one(&f, 2);
         assert!(new.sat != ds.load(0).unwrap().sat && new.sat != ds.load(1).unwrap().sat);
-        let again = f.sample(2).unwrap();
+        let again = one(&f, 2);
         assert!(again.sat == new.sat && again.bbox == new.bbox, "a stream is drawn the same every time");
         // the val split has its own world
         let v = FreshSampler::open(dir.path(), "val").unwrap();
-        assert!(v.sample(0).unwrap().sat != f.sample(0).unwrap().sat);
+        assert!(one(&v, 0).sat != one(&f, 0).sat);
     }
 
     #[test]
@@ -186,7 +181,7 @@ mod tests {
         // two prompts on one chip: the same image, different queries and targets
         assert!(disk[0].sat == disk[1].sat && disk[0].query != disk[1].query);
         assert_ne!(disk[0].bbox, disk[1].bbox);
-        let third = f.sample(2).unwrap();
+        let third = one(&f, 1);
         assert!(third.query == ds.load(2).unwrap().query && third.id == 2);
     }
 

@@ -56,6 +56,26 @@ fn write_dataset(root: &Path, n: usize, split: &str) {
     write_split(root, DS, split, &recs).unwrap();
 }
 
+/// A small synthetic CVOGL dataset (`synth cvogl`: `n_train` training records, 1
+/// validation record, 1 km worlds) in `data`.
+fn write_synth(data: &Path, n_train: usize, seed: u64, queries_per_chip: Option<usize>) {
+    let a = smgeo::synth::cli::CvoglArgs {
+        out: data.to_path_buf(),
+        n_train,
+        n_val: 1,
+        n_test: 0,
+        seed,
+        dataset: DS.into(),
+        world_km: 1.0,
+        threads: Some(2),
+        jpeg_quality: 90,
+        scene: None,
+        sample_config: None,
+        queries_per_chip,
+    };
+    smgeo::synth::cli::run_cvogl(&a).unwrap();
+}
+
 /// Arguments of a quiet training run on `data` (the dataset `DS`).
 fn args(config: TrainConfig, data: &Path, out: std::path::PathBuf, resume: bool) -> TrainArgs {
     TrainArgs { config, data: data.to_path_buf(), dataset: DS.into(), out, resume, progress: false }
@@ -232,21 +252,7 @@ fn fresh_samples_train_on_new_data_and_resume_exactly() {
     let _rng = crate::common::torch_rng();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let a = smgeo::synth::cli::CvoglArgs {
-        out: data.clone(),
-        n_train: 2,
-        n_val: 1,
-        n_test: 0,
-        seed: 3,
-        dataset: DS.into(),
-        world_km: 1.0,
-        threads: Some(2),
-        jpeg_quality: 90,
-        scene: None,
-        sample_config: None,
-        queries_per_chip: None,
-    };
-    smgeo::synth::cli::run_cvogl(&a).unwrap();
+    write_synth(&data, 2, 3, None);
     let run = |out: &str, steps: usize, fresh: bool, resume: bool| {
         let mut config = tiny_config(steps);
         config.fresh_samples = fresh;
@@ -278,21 +284,7 @@ fn chips_with_several_prompts_train_together_and_resume_exactly() {
     let _rng = crate::common::torch_rng();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let a = smgeo::synth::cli::CvoglArgs {
-        out: data.clone(),
-        n_train: 5,
-        n_val: 1,
-        n_test: 0,
-        seed: 4,
-        dataset: DS.into(),
-        world_km: 1.0,
-        threads: Some(2),
-        jpeg_quality: 90,
-        scene: None,
-        sample_config: None,
-        queries_per_chip: Some(3),
-    };
-    smgeo::synth::cli::run_cvogl(&a).unwrap();
+    write_synth(&data, 5, 4, Some(3));
     let run = |out: &str, steps: usize, resume: bool| {
         let mut config = tiny_config(steps);
         config.batch = 1;
