@@ -384,6 +384,11 @@ impl PatchEmbed {
         self.proj.weight.kind()
     }
 
+    /// The projection's weight (C, C_in, p, p), shared with the VarStore.
+    pub fn proj_weight(&self) -> Tensor {
+        self.proj.weight.shallow_clone()
+    }
+
     /// `x` in the compute kind → float32 tokens (the residual stream).
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.norm.forward_f32(&self.proj.forward(x).permute([0, 2, 3, 1]))
@@ -478,6 +483,31 @@ impl Backbone {
             downsamples: (0..3).map(|i| PatchMerging::new(&(vs / "downsamples" / i), cfg.stage_dim(i))).collect(),
             norm: cfg.final_norm.then(|| LayerNorm::new(&(vs / "norm"), cfg.stage_dim(3))),
         }
+    }
+
+    /// Start the query patch embed as a copy of the satellite one: its RGB filters, bias
+    /// and norm equal the satellite embed's and its extra (click) channels are zero — the
+    /// state both embeds start in when initialised from ImageNet weights (MODEL.md, Init),
+    /// here for a from-scratch model, so that the shared stages see one view's object as
+    /// they see the other's from the first step. Needs a 3-channel satellite embed and at
+    /// least 3 query channels; returns false (nothing changed) otherwise.
+    pub fn tie_query_embed_to_sat(&self) -> bool {
+        let (q, s) = (&self.query_embed, &self.sat_embed);
+        let (qw, sw) = (q.proj.weight.size(), s.proj.weight.size());
+        if sw[1] != 3 || qw[1] < 3 || qw[0] != sw[0] || qw[2..] != sw[2..] {
+            return false;
+        }
+        tch::no_grad(|| {
+            let w = q.proj.weight.shallow_clone();
+            w.narrow(1, 0, 3).copy_(&s.proj.weight);
+            if qw[1] > 3 {
+                let _ = w.narrow(1, 3, qw[1] - 3).fill_(0.0);
+            }
+            q.proj.bias.shallow_clone().copy_(&s.proj.bias);
+            q.norm.weight.shallow_clone().copy_(&s.norm.weight);
+            q.norm.bias.shallow_clone().copy_(&s.norm.bias);
+        });
+        true
     }
 
     /// Encode one branch: `x` (B, C_in, H, W) → last-stage tokens (B, H/32, W/32, C3)

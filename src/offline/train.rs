@@ -61,6 +61,10 @@ pub struct TrainConfig {
     /// `scratch`, or a safetensors file to start from (e.g. `smgeo weights import
     /// --from swin` output; missing keys keep their initialisation).
     pub init: String,
+    /// From scratch only: start the query patch embed as a copy of the satellite one,
+    /// click channel zero (`Smgeo::tie_query_embed_to_sat`) — the state ImageNet
+    /// initialisation gives both embeds — instead of two independent draws.
+    pub tie_embeds: bool,
     /// Stop after this many optimiser steps in total (tiny runs, CI); 0 = no limit.
     pub max_steps: usize,
     /// Stop after this many minutes of training wall time in this run (a CPU budget
@@ -111,6 +115,7 @@ impl Default for TrainConfig {
             augment: true,
             augmentation: AugmentConfig::default(),
             init: "scratch".into(),
+            tie_embeds: false,
             max_steps: 0,
             max_minutes: 0.0,
             limit_train: 0,
@@ -576,6 +581,13 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
         tracing::info!(epoch = st.epoch, step = st.global_step, "resumed from {}", last.display());
         st
     } else {
+        if cfg.init == "scratch" && cfg.tie_embeds {
+            if model.tie_query_embed_to_sat() {
+                tracing::info!("query patch embed starts as the satellite one (click channel zero)");
+            } else {
+                tracing::warn!("tie_embeds: the patch embeds' shapes differ; left as drawn");
+            }
+        }
         if cfg.init != "scratch" {
             let rep = weights::load_file(&vs, Path::new(&cfg.init), false)?;
             tracing::info!(
