@@ -67,11 +67,28 @@ pub struct Detection {
 /// Decode (spec §5.2, no +0.5): argmax cell (first maximum), cx = (x+dx)·sx,
 /// cy = (y+dy)·sy, size = (w, h)·(sx, sy). `img_hw` is the satellite input size.
 pub fn decode(heatmap: &Tensor, bbox: &Tensor, img_hw: (i64, i64)) -> Vec<Detection> {
+    decode_with_prior(heatmap, bbox, img_hw, None)
+}
+
+/// [`decode`] with a log-prior over cells added to the heatmap logits before the argmax
+/// (`log_prior` (B, 1, Hf, Wf), e.g. −d²/2σ² around where telemetry puts the click): the
+/// cell maximising logit + log-prior — the heatmap's log-odds read as a log-likelihood —
+/// is chosen. The score stays sigmoid(heatmap) at that cell, the model's own confidence.
+pub fn decode_with_prior(
+    heatmap: &Tensor,
+    bbox: &Tensor,
+    img_hw: (i64, i64),
+    log_prior: Option<&Tensor>,
+) -> Vec<Detection> {
     let (b, _, hf, wf) = heatmap.size4().expect("(B, 1, Hf, Wf)");
     let (sy, sx) = (img_hw.0 as f32 / hf as f32, img_hw.1 as f32 / wf as f32);
-    let scores = heatmap.to_kind(Kind::Float).sigmoid().view([b, hf * wf]).to_device(tch::Device::Cpu);
+    let logits = heatmap.to_kind(Kind::Float).view([b, hf * wf]).to_device(tch::Device::Cpu);
+    let scores = logits.sigmoid();
     let boxes = bbox.to_kind(Kind::Float).view([b, 4, hf * wf]).to_device(tch::Device::Cpu);
-    let idx = scores.argmax(1, false);
+    let idx = match log_prior {
+        Some(p) => (&logits + p.to_kind(Kind::Float).to_device(tch::Device::Cpu).view([b, hf * wf])).argmax(1, false),
+        None => scores.argmax(1, false),
+    };
     (0..b)
         .map(|i| {
             let k = idx.int64_value(&[i]);
@@ -99,4 +116,35 @@ pub fn decode(heatmap: &Tensor, bbox: &Tensor, img_hw: (i64, i64)) -> Vec<Detect
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prior_moves_the_argmax_but_not_the_score() {
+        // 1 × 2×3 grid: the model's peak at (0, 2), a lower peak at (1, 0).
+        let hm = Tensor::from_slice(&[-3.0f32, -2.0, 2.0, 1.0, -1.0, -4.0]).view([1, 1, 2, 3]);
+        let bbox = Tensor::from_slice(&[0.5f32; 24]).view([1, 4, 2, 3]);
+        let free = decode(&hm, &bbox, (64, 96));
+        assert_eq!(free[0].cell, (0, 2));
+        // A flat prior changes nothing; one favouring (1, 0) by more than the logit gap wins.
+        let flat = decode_with_prior(
+            &hm,
+            &bbox,
+            (64, 96),
+            Some(&Tensor::zeros([1, 1, 2, 3], (Kind::Float, tch::Device::Cpu))),
+        );
+        assert_eq!(flat, free);
+        let p = Tensor::from_slice(&[-5.0f32, -5.0, -1.5, 0.0, -5.0, -5.0]).view([1, 1, 2, 3]);
+        let d = decode_with_prior(&hm, &bbox, (64, 96), Some(&p))[0];
+        assert_eq!((d.cell, d.index), ((1, 0), 3));
+        assert!((d.score - 1.0 / (1.0 + (-1.0f32).exp())).abs() < 1e-6, "score is sigmoid(1): {}", d.score);
+        // cx = (0 + 0.5)·32, cy = (1 + 0.5)·32, size 0.5 cell.
+        assert_eq!(d.box_raw, [8.0, 40.0, 24.0, 56.0]);
+        // A prior not strong enough to beat a 1-logit gap leaves the peak.
+        let weak = Tensor::from_slice(&[0.0f32, 0.0, -0.5, 0.0, 0.0, 0.0]).view([1, 1, 2, 3]);
+        assert_eq!(decode_with_prior(&hm, &bbox, (64, 96), Some(&weak))[0].cell, (0, 2));
+    }
 }

@@ -24,7 +24,7 @@ pub mod weights;
 use tch::{nn, Device, Kind, Tensor};
 
 pub use config::{ModelConfig, Precision, Preset, QueryPool};
-pub use head::{decode, Detection};
+pub use head::{decode, decode_with_prior, Detection};
 pub use moe::MoeCall;
 use swin::{Backbone, Branch, Ctx};
 pub use trace::Trace;
@@ -103,6 +103,12 @@ impl Smgeo {
             head: head::Head::new(&(vs / "head"), c3, cfg.head_feat_channels),
             compute: None,
         })
+    }
+
+    /// See [`Backbone::tie_query_embed_to_sat`]: the query patch embed starts as the
+    /// satellite one (click channels zero). Returns whether it applied.
+    pub fn tie_query_embed_to_sat(&self) -> bool {
+        self.backbone.tie_query_embed_to_sat()
     }
 
     /// Check a branch input: rank 4, float32, channels, batch, and a size the model runs.
@@ -409,5 +415,28 @@ pub(crate) mod tests {
             let e = m.forward_indexed(&q, &s, Some(&bad), false, &mut Trace::off()).unwrap_err();
             assert!(e.to_string().contains("ref_index"), "{e}");
         }
+    }
+
+    #[test]
+    fn tied_embeds_encode_the_query_as_the_satellite_whatever_the_click() {
+        let (_vs, m) = tiny();
+        let rgb = wave(&[1, 3, 64, 64], 0.41);
+        let click = wave(&[1, 1, 64, 64], 0.17).abs();
+        let q = Tensor::cat(&[&rgb, &click], 1);
+        let enc = |m: &Smgeo| {
+            let a = m.encode_query(&q, false, &mut Trace::off()).unwrap().tokens;
+            let b = m.encode_reference(&rgb, false, &mut Trace::off()).unwrap().tokens;
+            (a - b).abs().max().double_value(&[])
+        };
+        assert!(enc(&m) > 1e-2, "independent embeds should differ");
+        assert!(m.tie_query_embed_to_sat());
+        let d = enc(&m);
+        assert!(d < 1e-5, "tied embeds differ by {d}");
+        // The click channel starts at zero but still learns.
+        let qw = &m.backbone.query_embed;
+        let loss = m.encode_query(&q, true, &mut Trace::off()).unwrap().tokens.square().sum(Kind::Float);
+        let w = qw.proj_weight();
+        let g = Tensor::run_backward(&[loss], &[&w], false, false);
+        assert!(g[0].narrow(1, 3, 1).abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-use super::{decode, Detection, ModelConfig, ModelError, RefFeatures, Result, Smgeo, Trace};
+use super::{decode_with_prior, Detection, ModelConfig, ModelError, RefFeatures, Result, Smgeo, Trace};
 
 /// How query requests are batched (TOML `[localiser]` `batch_max`, `batch_wait_ms`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -153,14 +153,33 @@ impl ModelClient {
     /// Detections of `queries` `(B, 4, Hq, Wq)` against one chip's features; may be
     /// batched with other clients' requests.
     pub fn localise(&self, queries: &Tensor, r: &RefFeatures) -> Result<Vec<Detection>> {
+        self.localise_with_prior(queries, r, None)
+    }
+
+    /// [`ModelClient::localise`] with a log-prior over the heatmap cells per query
+    /// (`(B, 1, Hf, Wf)`, see [`super::head::decode_with_prior`]).
+    pub fn localise_with_prior(
+        &self,
+        queries: &Tensor,
+        r: &RefFeatures,
+        log_prior: Option<&Tensor>,
+    ) -> Result<Vec<Detection>> {
         if r.tokens.size().first() != Some(&1) {
             return Err(ModelError::Input(format!("one chip per request, got features {:?}", r.tokens.size())));
+        }
+        if let Some(p) = log_prior {
+            let t = r.tokens.size();
+            let want = [queries.size().first().copied().unwrap_or(0), 1, t[1], t[2]];
+            if p.size() != want {
+                return Err(ModelError::Input(format!("log prior {:?}, want {want:?}", p.size())));
+            }
         }
         self.call(|reply| {
             Job::Localise(Query {
                 queries: queries.shallow_clone(),
                 ref_tokens: r.tokens.shallow_clone(),
                 img_hw: r.img_hw,
+                prior: log_prior.map(|p| p.to_kind(Kind::Float).to_device(tch::Device::Cpu)),
                 reply,
             })
         })
@@ -187,6 +206,8 @@ struct Query {
     queries: Tensor,
     ref_tokens: Tensor,
     img_hw: (i64, i64),
+    /// Log-prior over the cells (n, 1, Hf, Wf), float32 on the CPU.
+    prior: Option<Tensor>,
     reply: Reply<Vec<Detection>>,
 }
 
@@ -285,7 +306,21 @@ fn run_model(model: &Smgeo, batch: &[Query]) -> std::result::Result<Vec<Detectio
         let r = RefFeatures { tokens, moe_calls: Vec::new(), img_hw: batch[0].img_hw };
         let qf = model.encode_query(&q, false, &mut Trace::off())?;
         let o = model.localise(qf, &r, false, &mut Trace::off())?;
-        Ok(decode(&o.heatmap, &o.bbox, r.img_hw))
+        // Queries without a prior get a flat one (zeros) when others in the batch have one.
+        let prior = batch.iter().any(|b| b.prior.is_some()).then(|| {
+            let (_, _, hf, wf) = o.heatmap.size4().expect("(B, 1, Hf, Wf)");
+            let per: Vec<Tensor> = batch
+                .iter()
+                .map(|b| {
+                    b.prior
+                        .as_ref()
+                        .map(Tensor::shallow_clone)
+                        .unwrap_or_else(|| Tensor::zeros([b.n() as i64, 1, hf, wf], (Kind::Float, tch::Device::Cpu)))
+                })
+                .collect();
+            Tensor::cat(&per, 0)
+        });
+        Ok(decode_with_prior(&o.heatmap, &o.bbox, r.img_hw, prior.as_ref()))
     })?;
     if dets.len() != total {
         return Err(format!("query branch: {} detections for {total} queries", dets.len()));
@@ -328,6 +363,7 @@ fn run_batch(model: &Smgeo, batch: Vec<Query>, stats: &ServiceStats) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::decode;
     use crate::model::tests::{tiny, wave};
 
     /// Deterministic inputs without the global generator (tests run in parallel).
