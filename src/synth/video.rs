@@ -109,6 +109,87 @@ pub struct FlightSpec {
     pub n_prompts: usize,
     /// Tag-2 time of frame 0, µs since 1970.
     pub epoch_us: u64,
+    /// Errors of the telemetry the KLV reports (default: none, KLV = the true camera).
+    #[serde(default)]
+    pub telemetry_error: TelemetryError,
+}
+
+/// How far the KLV telemetry is from the true camera, as on a real small drone: the
+/// KLV's sensor position, attitude, frame centre and corners are those of a camera
+/// displaced by a per-flight bias (GNSS position, barometric altitude, compass heading,
+/// gimbal pitch/roll boresight; each drawn once from N(0, σ²)) plus per-frame attitude
+/// jitter (IMU noise, KLV-to-frame timing). The video is rendered from the true camera.
+/// All zero (the default): the KLV is exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryError {
+    /// Horizontal position bias σ per axis, m.
+    pub position_sigma_m: f64,
+    /// Altitude bias σ, m.
+    pub altitude_sigma_m: f64,
+    /// Heading bias σ, degrees.
+    pub heading_sigma_deg: f64,
+    /// Pitch and roll bias σ, degrees.
+    pub attitude_sigma_deg: f64,
+    /// Per-frame attitude noise σ (heading, pitch, roll), degrees.
+    pub jitter_deg: f64,
+}
+
+impl TelemetryError {
+    fn validate(&self) -> Result<()> {
+        let v = [
+            self.position_sigma_m,
+            self.altitude_sigma_m,
+            self.heading_sigma_deg,
+            self.attitude_sigma_deg,
+            self.jitter_deg,
+        ];
+        if v.iter().any(|x| !(x.is_finite() && (0.0..=1000.0).contains(x)))
+            || self.attitude_sigma_deg > 10.0
+            || self.jitter_deg > 10.0
+        {
+            return Err(SynthError::InvalidConfig {
+                field: "telemetry_error",
+                value: format!("{self:?}"),
+                why: "σ values must be finite, 0..=1000; attitude and jitter at most 10°",
+            });
+        }
+        Ok(())
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == TelemetryError::default()
+    }
+
+    /// The cameras the KLV describes for the true `cams` (deterministic in `seed`).
+    pub fn apply(&self, cams: &[Camera], seed: u64) -> Vec<Camera> {
+        if self.is_zero() {
+            return cams.to_vec();
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7E1E_0E44_0000);
+        // Box–Muller standard normal.
+        let mut normal = move || {
+            let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+            let u2: f64 = rng.gen_range(0.0..1.0);
+            (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        };
+        let (bx, by) = (normal() * self.position_sigma_m, normal() * self.position_sigma_m);
+        let bz = normal() * self.altitude_sigma_m;
+        let bh = normal() * self.heading_sigma_deg;
+        let (bp, br) = (normal() * self.attitude_sigma_deg, normal() * self.attitude_sigma_deg);
+        cams.iter()
+            .map(|c| {
+                let mut k = c.clone();
+                k.x += bx;
+                k.y += by;
+                k.z = (c.z + bz).max(1.0);
+                k.heading_deg = c.heading_deg + bh + normal() * self.jitter_deg;
+                k.pitch_deg = (c.pitch_deg + bp + normal() * self.jitter_deg).clamp(1.0, 90.0);
+                k.roll_deg = c.roll_deg + br + normal() * self.jitter_deg;
+                k
+            })
+            .collect()
+    }
 }
 
 impl Default for FlightSpec {
@@ -124,6 +205,7 @@ impl Default for FlightSpec {
             seed: 1,
             n_prompts: 6,
             epoch_us: DEFAULT_EPOCH_US,
+            telemetry_error: TelemetryError::default(),
         }
     }
 }
@@ -178,7 +260,7 @@ impl FlightSpec {
         {
             return bad("placement", "non-finite".into(), "start, centre, heading and bearing must be finite");
         }
-        Ok(())
+        self.telemetry_error.validate()
     }
 
     /// Fill the placement left open: straight passes get a random heading and a start such
@@ -225,6 +307,11 @@ impl FlightSpec {
             }
         }
         Ok(out)
+    }
+
+    /// The cameras the KLV describes: [`FlightSpec::cameras`] with `telemetry_error`.
+    pub fn telemetry_cameras(&self, cams: &[Camera]) -> Vec<Camera> {
+        self.telemetry_error.apply(cams, self.seed)
     }
 
     /// Every frame's camera (the spec must be resolved).
@@ -783,7 +870,9 @@ pub fn verify_flight(dir: &Path) -> Result<KlvCheck> {
     };
     let dist = |a: P2, b: P2| (a.0 - b.0).hypot(a.1 - b.1);
     let mut pts = Vec::new();
-    for (k, cam) in info.cameras.iter().enumerate() {
+    // The KLV describes the telemetry cameras (the true ones unless `telemetry_error`).
+    let tel_cams = info.spec.telemetry_cameras(&info.cameras);
+    for (k, cam) in tel_cams.iter().enumerate() {
         let Some(s) = tl.nearest_time(info.frame_time_us(k), 0) else { continue };
         let st = &s.state;
         let (Some(fc), Some(sp)) = (st.frame_centre(), st.sensor_position()) else { continue };
@@ -887,7 +976,7 @@ pub fn build_flight(
     write_jsonl(&out_dir.join(PROMPTS_JSONL), lines.iter().map(|l| &l.0))?;
     write_jsonl(&out_dir.join(TRUTH_JSONL), lines.iter().map(|l| &l.1))?;
 
-    let klv = klv_packets(&cams, &geo, scene.config.ground_msl_m, spec.epoch_us, fps)?;
+    let klv = klv_packets(&spec.telemetry_cameras(&cams), &geo, scene.config.ground_msl_m, spec.epoch_us, fps)?;
     let threads = threads
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4))
         .clamp(1, 16);
@@ -931,7 +1020,13 @@ pub fn stream_flight_udp(
     let info = FlightInfo::load(dir)?;
     let geo = SceneGeo::new(&info.scene)?;
     let world = World::generate(info.scene.seed, info.scene.extent_m);
-    let klv = klv_packets(&info.cameras, &geo, info.scene.ground_msl_m, info.spec.epoch_us, info.fps)?;
+    let klv = klv_packets(
+        &info.spec.telemetry_cameras(&info.cameras),
+        &geo,
+        info.scene.ground_msl_m,
+        info.spec.epoch_us,
+        info.fps,
+    )?;
     let threads = threads
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4))
         .clamp(1, 16);
@@ -1103,6 +1198,37 @@ mod tests {
         for u in &klv {
             crate::klv::st0601::decode_packet(&u.data).unwrap();
         }
+    }
+
+    #[test]
+    fn telemetry_error_biases_the_klv_cameras_deterministically() {
+        let cams =
+            flight::straight((0.0, 0.0), 30.0, 2.0, &FlightConfig { fps: 5.0, ..FlightConfig::default() }).unwrap();
+        assert_eq!(TelemetryError::default().apply(&cams, 3), cams, "no error: the true cameras");
+        let e = TelemetryError {
+            position_sigma_m: 3.0,
+            altitude_sigma_m: 5.0,
+            heading_sigma_deg: 2.0,
+            attitude_sigma_deg: 0.5,
+            jitter_deg: 0.0,
+        };
+        let a = e.apply(&cams, 3);
+        assert_eq!(a, e.apply(&cams, 3), "deterministic in the seed");
+        assert_ne!(a, e.apply(&cams, 4), "another seed, another draw");
+        // Biases only (no jitter): the same offset on every frame, and not zero.
+        let d0 = (a[0].x - cams[0].x, a[0].y - cams[0].y, a[0].z - cams[0].z, a[0].heading_deg - cams[0].heading_deg);
+        assert!(d0.0 != 0.0 && d0.1 != 0.0 && d0.2 != 0.0 && d0.3 != 0.0);
+        for (k, c) in a.iter().zip(&cams) {
+            let d = (k.x - c.x, k.y - c.y, k.z - c.z, k.heading_deg - c.heading_deg);
+            assert!((d.0 - d0.0).abs() < 1e-9 && (d.1 - d0.1).abs() < 1e-9 && (d.3 - d0.3).abs() < 1e-9);
+            assert_eq!((k.hfov_deg, k.width, k.height), (c.hfov_deg, c.width, c.height));
+        }
+        // Jitter varies frame to frame.
+        let j = TelemetryError { jitter_deg: 0.3, ..TelemetryError::default() }.apply(&cams, 3);
+        let dh: Vec<f64> = j.iter().zip(&cams).map(|(k, c)| k.heading_deg - c.heading_deg).collect();
+        assert!(dh.windows(2).any(|w| w[0] != w[1]));
+        assert!(TelemetryError { attitude_sigma_deg: 20.0, ..e }.validate().is_err());
+        assert!(TelemetryError { position_sigma_m: f64::NAN, ..e }.validate().is_err());
     }
 
     #[test]
