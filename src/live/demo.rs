@@ -410,6 +410,12 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<serde_json::Value> {
         geo.hit_rate.map(|h| format!("{:.0} %", 100.0 * h)).unwrap_or("–".into()),
         picture.display()
     );
+    if let Some(t) = &geo.telemetry_click {
+        eprintln!(
+            "  telemetry alone (the click through the KLV frame corners): median {:.1} m (p90 {:.1} m) over {} prompts",
+            t.median_m, t.p90_m, t.n
+        );
+    }
     Ok(report)
 }
 

@@ -298,13 +298,25 @@ impl Engine {
             return prompts.iter().map(|_| Err(PromptError::NoCentre)).collect();
         };
         let ground = GeoLonLat { lon: centre.0, lat: centre.1 };
-        let locs = match self.localiser.localise_many(
+        // Where telemetry alone puts each click (through the frame's KLV corners).
+        let geo = telemetry.and_then(|s| FrameGeo::from_telemetry(s, frame.width as f64, frame.height as f64));
+        let tel_clicks: Vec<Option<GeoLonLat>> = clicks
+            .iter()
+            .map(|c| {
+                geo.as_ref()
+                    .and_then(|g| g.pixel_to_lonlat(c.0, c.1))
+                    .filter(|p| p.0.is_finite() && p.1.is_finite())
+                    .map(|p| GeoLonLat { lon: p.0, lat: p.1 })
+            })
+            .collect();
+        let locs = match self.localiser.localise_many_with_priors(
             &frame.data,
             frame.width,
             frame.height,
             3 * frame.width as usize,
             clicks,
             ground,
+            &tel_clicks,
         ) {
             Ok(v) => v,
             Err(e) => {
@@ -320,7 +332,8 @@ impl Engine {
             .iter()
             .zip(clicks)
             .zip(locs)
-            .map(|((p, &click), loc)| Ok(self.outcome(p, click, frame, telemetry, source, loc?, received)))
+            .zip(tel_clicks)
+            .map(|(((p, &click), loc), tc)| Ok(self.outcome(p, click, tc, frame, telemetry, source, loc?, received)))
             .collect()
     }
 
@@ -329,6 +342,7 @@ impl Engine {
         &mut self,
         prompt: &Prompt,
         click: (f64, f64),
+        tel_click: Option<GeoLonLat>,
         frame: &Frame,
         telemetry: Option<&TelemetryState>,
         source: CentreSource,
@@ -336,9 +350,14 @@ impl Engine {
         received: Instant,
     ) -> Outcome {
         let fc = telemetry.and_then(|t| t.frame_centre());
+        let result = (loc.center.lon, loc.center.lat);
+        let sigma = self.localiser.config().prior_sigma_m;
         let tel = fc.map(|f| TargetTelemetry {
             frame_center: LonLat { lon: f.lon_deg, lat: f.lat_deg },
-            distance_m: ground_distance_m((f.lon_deg, f.lat_deg), (loc.center.lon, loc.center.lat)),
+            distance_m: ground_distance_m((f.lon_deg, f.lat_deg), result),
+            click: tel_click.map(|c| LonLat { lon: c.lon, lat: c.lat }),
+            click_distance_m: tel_click.map(|c| ground_distance_m((c.lon, c.lat), result)),
+            prior_sigma_m: tel_click.and((sigma > 0.0).then_some(sigma)),
         });
         let ll = |p: GeoLonLat| LonLat { lon: p.lon, lat: p.lat };
         let latency_ms = received.elapsed().as_secs_f64() * 1e3;

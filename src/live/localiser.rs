@@ -77,6 +77,13 @@ pub struct LocaliserConfig {
     /// Longest the first query of a batch waits for more, ms (0: never waits; a batch is
     /// what queued while the previous call ran).
     pub batch_wait_ms: f64,
+    /// Telemetry prior, metres (0 = off): where KLV puts the click on the ground (the
+    /// click through the frame's corner coordinates), the heatmap's argmax is taken over
+    /// logit − d²/2σ², d the distance of each cell centre from that point. The image match
+    /// then chooses among the objects telemetry allows — σ is the telemetry's error, a
+    /// few tens of metres for small drones — instead of anywhere in the chip. Prompts
+    /// without KLV corners are decoded without it.
+    pub prior_sigma_m: f64,
 }
 
 impl Default for LocaliserConfig {
@@ -92,6 +99,7 @@ impl Default for LocaliserConfig {
             precision: crate::model::Precision::Auto,
             batch_max: 8,
             batch_wait_ms: 0.0,
+            prior_sigma_m: 0.0,
         }
     }
 }
@@ -123,6 +131,9 @@ impl LocaliserConfig {
         if !(self.batch_wait_ms.is_finite() && (0.0..=1000.0).contains(&self.batch_wait_ms)) {
             return bad("batch_wait_ms", "must be in 0..=1000 ms");
         }
+        if !(self.prior_sigma_m.is_finite() && (0.0..=1e5).contains(&self.prior_sigma_m)) {
+            return bad("prior_sigma_m", "must be in 0..=100000 m (0 = no telemetry prior)");
+        }
         Ok(())
     }
 }
@@ -149,6 +160,8 @@ pub struct Localisation {
     /// Box (x1, y1, x2, y2) in chip pixels (the chip as the model saw it).
     pub box_px: [f64; 4],
     pub score: f64,
+    /// The heatmap cell (row, column) the box was decoded from.
+    pub cell: (i64, i64),
     pub center: LonLat,
     /// Closed ring of the box on the ground.
     pub footprint: [LonLat; 5],
@@ -320,6 +333,22 @@ impl Localiser {
         clicks: &[(f64, f64)],
         ground: LonLat,
     ) -> Result<Vec<Result<Localisation>>> {
+        self.localise_many_with_priors(rgb, width, height, stride, clicks, ground, &[])
+    }
+
+    /// [`Localiser::localise_many`] with, per click, where telemetry puts it on the ground
+    /// (`priors[i]`; missing or None: no prior). Used when `prior_sigma_m` > 0.
+    #[allow(clippy::too_many_arguments)]
+    pub fn localise_many_with_priors(
+        &mut self,
+        rgb: &[u8],
+        width: u32,
+        height: u32,
+        stride: usize,
+        clicks: &[(f64, f64)],
+        ground: LonLat,
+        priors: &[Option<LonLat>],
+    ) -> Result<Vec<Result<Localisation>>> {
         let t0 = Instant::now();
         let prepared: Vec<Result<(tch::Tensor, (u32, u32, u32))>> = clicks
             .iter()
@@ -343,7 +372,15 @@ impl Localiser {
         }
         let (chip, cached, chip_ms, ref_ms) = self.reference(ground)?;
         let t_ref = Instant::now();
-        let dets = self.model.localise(&tch::Tensor::cat(&queries, 0), &chip.feats)?;
+        // Telemetry priors of the clicks that have a query, in the same order.
+        let wanted: Vec<Option<LonLat>> = prepared
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.is_ok())
+            .map(|(i, _)| priors.get(i).copied().flatten())
+            .collect();
+        let log_prior = self.log_prior(&chip, &wanted)?;
+        let dets = self.model.localise_with_prior(&tch::Tensor::cat(&queries, 0), &chip.feats, log_prior.as_ref())?;
         let t_model = Instant::now();
         let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e3;
         let mut times = StepTimes {
@@ -369,6 +406,7 @@ impl Localiser {
                 Ok(Localisation {
                     box_px: [pb.x1, pb.y1, pb.x2, pb.y2],
                     score: det.score as f64,
+                    cell: det.cell,
                     center: g.center,
                     footprint: g.ring,
                     width_m: g.width_m,
@@ -383,6 +421,45 @@ impl Localiser {
                 })
             })
             .collect())
+    }
+
+    /// The log-prior maps (n, 1, Hf, Wf) of `priors` on `chip`'s heatmap grid, or None
+    /// when the prior is off or no click has one. Cell centres are compared in the chip's
+    /// pixels, `chip_gsd_m · chip_px / sat_in` metres each.
+    fn log_prior(&self, chip: &CachedChip, priors: &[Option<LonLat>]) -> Result<Option<tch::Tensor>> {
+        let sigma = self.cfg.prior_sigma_m;
+        if sigma <= 0.0 || priors.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let t = chip.feats.tokens.size();
+        let (hf, wf) = (t[1], t[2]);
+        let (ih, iw) = chip.feats.img_hw;
+        let (sy, sx) = (ih as f64 / hf as f64, iw as f64 / wf as f64);
+        let m_per_px = self.cfg.chip_gsd_m * self.cfg.chip_px as f64 / self.sat_in as f64;
+        let inv = chip.gt.invert()?;
+        let mut data = Vec::with_capacity(priors.len() * (hf * wf) as usize);
+        for p in priors {
+            let centre = match p {
+                Some(ll) => {
+                    let xy = self.to_crs.from_lonlat(std::slice::from_ref(ll))?[0];
+                    Some(inv.apply(xy.0, xy.1))
+                }
+                None => None,
+            };
+            for y in 0..hf {
+                for x in 0..wf {
+                    data.push(match centre {
+                        Some((c, r)) => {
+                            let dx = ((x as f64 + 0.5) * sx - c) * m_per_px;
+                            let dy = ((y as f64 + 0.5) * sy - r) * m_per_px;
+                            (-(dx * dx + dy * dy) / (2.0 * sigma * sigma)) as f32
+                        }
+                        None => 0.0,
+                    });
+                }
+            }
+        }
+        Ok(Some(tch::Tensor::from_slice(&data).view([priors.len() as i64, 1, hf, wf])))
     }
 
     /// Square crop around the click → (1, 4, q, q) input on the device.

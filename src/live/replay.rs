@@ -117,6 +117,18 @@ pub struct GeoErrorReport {
     /// Results inside the true footprint / prompts with truth.
     pub hit_rate: Option<f64>,
     pub within_5m: Option<f64>,
+    /// The same against telemetry alone: the click through the KLV frame corners
+    /// (`properties.telemetry.click`), over the results that carry one.
+    pub telemetry_click: Option<TelemetryClickErrors>,
+}
+
+/// Geo error of the telemetry-only click positions, metres.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TelemetryClickErrors {
+    pub n: usize,
+    pub median_m: f64,
+    pub p90_m: f64,
+    pub max_m: f64,
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -127,6 +139,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 /// Errors of first results (`once` prompts and the first result of a track) against truth.
 pub fn geo_errors(results: &[(String, Target)], truth: &[Truth]) -> (GeoErrorReport, Vec<serde_json::Value>) {
     let mut errs = Vec::new();
+    let mut tel_errs = Vec::new();
     let mut hits = 0usize;
     let mut rows = Vec::new();
     for t in truth {
@@ -139,9 +152,13 @@ pub fn geo_errors(results: &[(String, Target)], truth: &[Truth]) -> (GeoErrorRep
         let hit = point_in_ring((c.lon, c.lat), &t.polygon);
         hits += hit as usize;
         errs.push(e);
+        let tel = tg.properties.telemetry.as_ref().and_then(|x| x.click);
+        let tel_e = tel.map(|k| ground_distance_m((t.lon, t.lat), (k.lon, k.lat)));
+        tel_errs.extend(tel_e);
         rows.push(serde_json::json!({
             "prompt_id": t.prompt_id, "category": t.category, "error_m": e, "hit": hit,
             "score": tg.properties.score, "result": [c.lon, c.lat], "truth": [t.lon, t.lat],
+            "telemetry_click_error_m": tel_e,
         }));
     }
     let n = truth.len();
@@ -156,6 +173,15 @@ pub fn geo_errors(results: &[(String, Target)], truth: &[Truth]) -> (GeoErrorRep
         mean_m: (!s.is_empty()).then(|| s.iter().sum::<f64>() / s.len() as f64),
         hit_rate: (n > 0).then(|| hits as f64 / n as f64),
         within_5m: (n > 0).then(|| s.iter().filter(|e| **e <= 5.0).count() as f64 / n as f64),
+        telemetry_click: (!tel_errs.is_empty()).then(|| {
+            tel_errs.sort_by(f64::total_cmp);
+            TelemetryClickErrors {
+                n: tel_errs.len(),
+                median_m: pct(&tel_errs, 0.5),
+                p90_m: pct(&tel_errs, 0.9),
+                max_m: tel_errs[tel_errs.len() - 1],
+            }
+        }),
     };
     (rep, rows)
 }

@@ -118,6 +118,7 @@ fn replay_answers_every_prompt_once_with_valid_targets() {
     assert!(s.klv_packets > 0, "KLV reached the timeline");
     let targets: Vec<serde_json::Value> = read_jsonl(&out.join("targets.jsonl")).unwrap();
     assert_eq!(targets.len(), prompts.len());
+    let truth: Vec<Truth> = read_jsonl(&f.flight.join("truth.jsonl")).unwrap();
     let v = target_validator();
     let mut ids = std::collections::HashSet::new();
     for (t, p) in targets.iter().zip(&prompts) {
@@ -129,10 +130,29 @@ fn replay_answers_every_prompt_once_with_valid_targets() {
         // so its distance to the frame centre is at most the chip's half-diagonal.
         let dist = t["properties"]["telemetry"]["distance_m"].as_f64().expect("KLV frame centre present");
         assert!(dist <= 256.0 * 1.0 * 0.75, "distance to the frame centre {dist} m");
+        // The click through the (exact) KLV corners lands on the clicked object: within
+        // the object's own extent of its centroid (the click is a point inside it).
+        let tr = truth.iter().find(|x| x.prompt_id == p.id).expect("truth of the prompt");
+        let c = &t["properties"]["telemetry"]["click"];
+        let c = (c[0].as_f64().expect("telemetry click"), c[1].as_f64().unwrap());
+        let reach = tr
+            .polygon
+            .iter()
+            .map(|v| super::engine::ground_distance_m((tr.lon, tr.lat), (v[0], v[1])))
+            .fold(0.0, f64::max);
+        let e = super::engine::ground_distance_m((tr.lon, tr.lat), c);
+        assert!(
+            e <= reach + 1.0,
+            "prompt {}: telemetry click {e:.1} m from the centroid, object reach {reach:.1} m",
+            p.id
+        );
+        assert!(t["properties"]["telemetry"]["click_distance_m"].as_f64().is_some());
+        assert!(t["properties"]["telemetry"].get("prior_sigma_m").is_none(), "prior off by default");
     }
     let geo = s.geo_error.expect("truth given");
     assert_eq!(geo.prompts, prompts.len());
     assert_eq!(geo.with_result, prompts.len());
+    assert_eq!(geo.telemetry_click.as_ref().map(|t| t.n), Some(prompts.len()));
     assert!(out.join("report.json").exists());
 }
 
@@ -378,6 +398,65 @@ fn batched_clicks_match_one_call_per_click() {
     // Different clicks see different crops, so the batch did not repeat one query.
     let crops: Vec<_> = [0, 1, 3].iter().map(|&k| many[k].as_ref().unwrap().query_crop).collect();
     assert!(crops[0] != crops[1] && crops[1] != crops[2]);
+}
+
+/// The telemetry prior: with a σ far below the cell size the argmax is the cell under the
+/// prior point, wherever the point is; without a prior (or with σ = 0) the decode is
+/// the model's own argmax; the score stays the model's at the chosen cell.
+#[test]
+fn telemetry_prior_picks_the_cell_under_the_prior_point() {
+    let f = fixture();
+    let scene = SceneInfo::load(&f.scene).unwrap();
+    let (w, h) = (160u32, 96u32);
+    let frame: Vec<u8> = (0..w * h * 3).map(|i| ((i * 31 + (i / (3 * w)) * 13) % 249) as u8).collect();
+    let b = scene.bounds_wgs84;
+    let inside = LonLat { lon: (b[0] + b[2]) / 2.0, lat: (b[1] + b[3]) / 2.0 };
+    let mut plain = tiny_localiser(f, &scene);
+    let free = plain.localise(&frame, w, h, 3 * w as usize, (80.0, 48.0), inside).unwrap();
+    let lc = LocaliserConfig { chip_px: 256, chip_gsd_m: 1.0, query_px: 128, prior_sigma_m: 2.0, ..Default::default() };
+    let weights = f.checkpoint.join("weights.safetensors");
+    let mut loc = Localiser::new(
+        &tiny_model_config(),
+        &weights,
+        &MosaicSpec::from_path(scene.mosaic_path()),
+        lc,
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    // No prior point: the same decode as without the prior.
+    let none = loc.localise_many_with_priors(&frame, w, h, 3 * w as usize, &[(80.0, 48.0)], inside, &[None]).unwrap();
+    let none = none[0].as_ref().unwrap();
+    assert_eq!((none.cell, none.box_px), (free.cell, free.box_px));
+    // The model chip is 64 px at 4 m (256 px at 1 m, input_scale 0.25): a 2×2 grid of
+    // 32 px cells. Put the prior at the centre of each cell in turn.
+    let gt = GeoTransform(free.chip_geotransform);
+    let crs = crate::georef::transform::crs_from_user(&free.chip_crs).unwrap();
+    let ct = crate::georef::CrsTransform::new(&crs).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for (row, col) in [(0i64, 0i64), (0, 1), (1, 0), (1, 1)] {
+        let (x, y) = gt.apply(col as f64 * 32.0 + 16.0, row as f64 * 32.0 + 16.0);
+        let p = ct.to_lonlat(&[(x, y)]).unwrap()[0];
+        let r = loc
+            .localise_many_with_priors(
+                &frame,
+                w,
+                h,
+                3 * w as usize,
+                &[(80.0, 48.0), (20.0, 20.0)],
+                inside,
+                &[Some(p), None],
+            )
+            .unwrap();
+        let got = r[0].as_ref().unwrap();
+        assert_eq!(got.cell, (row, col), "prior at cell ({row}, {col})");
+        assert!(got.score > 0.0 && got.score < 1.0);
+        seen.insert(got.cell);
+        // The click without a prior in the same batch keeps the model's own argmax.
+        let other = r[1].as_ref().unwrap();
+        let alone = plain.localise(&frame, w, h, 3 * w as usize, (20.0, 20.0), inside).unwrap();
+        assert_eq!(other.cell, alone.cell);
+    }
+    assert_eq!(seen.len(), 4);
 }
 
 /// Three tracks due on one frame: the engine answers each, in track order, with the same

@@ -144,6 +144,18 @@ pub struct TargetTelemetry {
     pub frame_center: LonLat,
     /// Geodesic distance from the frame centre to the target, metres.
     pub distance_m: f64,
+    /// The click on the ground by telemetry alone: through the frame's KLV corner
+    /// coordinates (tags 82–89), when the packet has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub click: Option<LonLat>,
+    /// Geodesic distance from `click` to the target, metres: how far the image match moved
+    /// the result from where telemetry puts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub click_distance_m: Option<f64>,
+    /// Present when the result was decoded with the telemetry prior of this σ (metres,
+    /// the localiser's `prior_sigma_m`) around `click`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_sigma_m: Option<f64>,
 }
 
 /// Properties of a `smgeo.target.v1` feature.

@@ -217,9 +217,13 @@ pub fn sample_target(stream: &str, i: u64) -> Target {
         },
         model: ModelInfo { preset: "cvogl".into(), weights_sha256: "ab".repeat(32) },
         latency_ms: 41.5,
-        telemetry: i
-            .is_multiple_of(2)
-            .then_some(TargetTelemetry { frame_center: LonLat { lon: 11.5601, lat: 48.1801 }, distance_m: 12.5 }),
+        telemetry: i.is_multiple_of(2).then_some(TargetTelemetry {
+            frame_center: LonLat { lon: 11.5601, lat: 48.1801 },
+            distance_m: 12.5,
+            click: Some(LonLat { lon: 11.5603, lat: 48.1802 }),
+            click_distance_m: Some(3.1),
+            prior_sigma_m: Some(40.0),
+        }),
     };
     Target::new(LonLat { lon, lat }, props)
 }
