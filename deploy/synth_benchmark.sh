@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release/smgeo
-data=${1:-.cache/bench/synth8q4}
+data=${1:-.cache/bench/synth8q4v}
 runs=${2:-runs/synth_benchmark}
 minutes=${SMGEO_BENCH_MINUTES:-20}
 mkdir -p "$runs"

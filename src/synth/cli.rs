@@ -317,6 +317,29 @@ pub struct FlightArgs {
     /// Render threads (default: available cores, at most 4).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Telemetry errors of the KLV, as σ values `POS_M,ALT_M,HEADING_DEG,ATTITUDE_DEG,JITTER_DEG`
+    /// (per-flight GNSS, altitude, heading and gimbal pitch/roll biases, per-frame attitude
+    /// jitter), e.g. `3,5,2,0.5,0.1` for a small drone; default: exact KLV.
+    #[arg(long, value_parser = parse_telemetry_error)]
+    pub telemetry_error: Option<super::video::TelemetryError>,
+}
+
+fn parse_telemetry_error(s: &str) -> Result<super::video::TelemetryError, String> {
+    let v: Vec<f64> =
+        s.split(',').map(|x| x.trim().parse::<f64>().map_err(|e| format!("{x:?}: {e}"))).collect::<Result<_, _>>()?;
+    let [p, a, h, t, j] = v[..] else {
+        return Err(format!(
+            "need 5 comma-separated values POS_M,ALT_M,HEADING_DEG,ATTITUDE_DEG,JITTER_DEG, got {}",
+            v.len()
+        ));
+    };
+    Ok(super::video::TelemetryError {
+        position_sigma_m: p,
+        altitude_sigma_m: a,
+        heading_sigma_deg: h,
+        attitude_sigma_deg: t,
+        jitter_deg: j,
+    })
 }
 
 #[cfg(all(feature = "geo", feature = "gst"))]
@@ -336,6 +359,7 @@ pub fn run_flight(a: &FlightArgs) -> anyhow::Result<serde_json::Value> {
         },
         seed: a.seed,
         n_prompts: a.prompts,
+        telemetry_error: a.telemetry_error.unwrap_or_default(),
         ..FlightSpec::default()
     };
     let s = build_flight(&a.scene, &spec, &a.out, a.threads)?;

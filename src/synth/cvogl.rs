@@ -49,6 +49,12 @@ pub struct SampleConfig {
     /// targets (still drawn, and still distractors). 0 = every object; the default 10 leaves
     /// out cars, pools and the smallest houses: a few pixels at CVOGL's ground resolution.
     pub min_target_m: f64,
+    /// Smallest target in the query: the drone camera is drawn again until the target's
+    /// outline spans at least this fraction of the query's shorter side (0.1 of 256 px =
+    /// 26 px, 13 px at the small models' input_scale 0.5), as an operator clicks what the
+    /// video shows; a draw that never reaches it falls back to the largest nadir view that
+    /// holds the target. 0 = no minimum.
+    pub min_query_frac: f64,
     /// Camera heading range, degrees clockwise from north ((0, 360) = any; (0, 0) =
     /// north-up, as the satellite chip). Narrow ranges make easier data (curricula).
     pub heading_deg: (f64, f64),
@@ -77,6 +83,7 @@ impl Default for SampleConfig {
             chip_margin_px: 24.0,
             min_same_category: 2,
             min_target_m: 10.0,
+            min_query_frac: 0.1,
             heading_deg: (0.0, 360.0),
             same_appearance: false,
             queries_per_chip: 1,
@@ -109,6 +116,9 @@ impl SampleConfig {
         }
         if !(1..=16).contains(&self.queries_per_chip) {
             return bad("queries_per_chip", self.queries_per_chip.to_string(), "need 1 ≤ k ≤ 16");
+        }
+        if !(0.0..=0.5).contains(&self.min_query_frac) {
+            return bad("min_query_frac", self.min_query_frac.to_string(), "need 0 ≤ f ≤ 0.5");
         }
         if !(0.0..0.45).contains(&self.click_margin_frac) {
             return bad("click_margin_frac", self.click_margin_frac.to_string(), "need 0 ≤ m < 0.45");
@@ -306,22 +316,42 @@ fn draw_heading(rng: &mut impl Rng, cfg: &SampleConfig) -> f64 {
 fn place_camera(obj: &Object, label: P2, rng: &mut impl Rng, cfg: &SampleConfig) -> Result<Camera> {
     let (w, h) = cfg.query_size;
     let m = cfg.click_margin_frac;
-    for _ in 0..32 {
+    let min_px = cfg.min_query_frac * w.min(h) as f64;
+    // The target's outline in the image: all inside, and its extent (px) when it is.
+    let extent = |cam: &Camera| -> Option<f64> {
+        let mut b = [f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY];
+        for p in &obj.footprint[0] {
+            let q = cam.project([p.0, p.1, 0.0]).filter(|q| cam.in_image(*q, 2.0))?;
+            b = [b[0].min(q.0), b[1].min(q.1), b[2].max(q.0), b[3].max(q.1)];
+        }
+        Some((b[2] - b[0]).max(b[3] - b[1]))
+    };
+    for _ in 0..64 {
         let alt = rng.gen_range(cfg.altitude_m.0..=cfg.altitude_m.1);
         let heading = draw_heading(rng, cfg);
         let pitch = rng.gen_range(cfg.pitch_deg.0..=cfg.pitch_deg.1);
         let hfov = rng.gen_range(cfg.hfov_deg.0..=cfg.hfov_deg.1);
         let px = (rng.gen_range(m..=1.0 - m) * w as f64, rng.gen_range(m..=1.0 - m) * h as f64);
         let Some(cam) = Camera::looking_at(label, px, alt, heading, pitch, hfov, w, h)? else { continue };
-        let visible =
-            obj.footprint[0].iter().all(|p| cam.project([p.0, p.1, 0.0]).is_some_and(|q| cam.in_image(q, 2.0)));
-        if visible {
+        if extent(&cam).is_some_and(|e| e >= min_px) {
             return Ok(cam);
         }
     }
+    // Fallback: nadir, centred, from the lowest altitude (narrowest view) upward; the
+    // first that holds the whole target is the largest view of it.
     let c = (w as f64 / 2.0, h as f64 / 2.0);
-    let cam = Camera::looking_at(label, c, cfg.altitude_m.1, draw_heading(rng, cfg), 90.0, cfg.hfov_deg.1, w, h)?;
-    cam.ok_or(SynthError::InvalidCamera { field: "pitch_deg", value: 90.0 })
+    let heading = draw_heading(rng, cfg);
+    for k in 0..=8 {
+        let t = k as f64 / 8.0;
+        let alt = cfg.altitude_m.0 + t * (cfg.altitude_m.1 - cfg.altitude_m.0);
+        let hfov = cfg.hfov_deg.0 + t * (cfg.hfov_deg.1 - cfg.hfov_deg.0);
+        if let Some(cam) = Camera::looking_at(label, c, alt, heading, 90.0, hfov, w, h)? {
+            if extent(&cam).is_some() || k == 8 {
+                return Ok(cam);
+            }
+        }
+    }
+    Err(SynthError::InvalidCamera { field: "pitch_deg", value: 90.0 })
 }
 
 /// Chip north-west corner with the target inside (margin), keeping the chip inside the world
@@ -575,6 +605,34 @@ mod tests {
         assert!(all.iter().any(small));
         let bad = SampleConfig { min_target_m: -1.0, ..small_cfg() };
         assert!(matches!(bad.validate(), Err(SynthError::InvalidConfig { field: "min_target_m", .. })));
+    }
+
+    #[test]
+    fn targets_are_large_enough_in_the_query() {
+        let w = World::generate(21, (900.0, 900.0));
+        // The target's outline extent in the query, px.
+        let extent = |s: &SynthSample| {
+            let obj = w.objects.iter().find(|o| o.id == s.object_id).unwrap();
+            let q: Vec<(f64, f64)> =
+                obj.footprint[0].iter().map(|p| s.camera.project([p.0, p.1, 0.0]).unwrap()).collect();
+            let dx = q.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max)
+                - q.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+            let dy = q.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max)
+                - q.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+            dx.max(dy)
+        };
+        // A 64 px query: at least 0.15 × 64 = 9.6 px, unless the nadir fallback was needed.
+        let cfg = SampleConfig { min_query_frac: 0.15, ..small_cfg() };
+        let samples: Vec<_> = generate_split(&w, 5, 40, &cfg).unwrap().into_iter().map(|s| s.unwrap()).collect();
+        let fallback = |s: &SynthSample| s.camera.pitch_deg == 90.0;
+        assert!(samples.iter().filter(|s| !fallback(s)).all(|s| extent(s) >= 9.6));
+        assert!(samples.iter().filter(|s| !fallback(s)).count() >= 30, "the fallback should be rare");
+        // Without the minimum, some targets are smaller (high, wide, oblique views).
+        let free = SampleConfig { min_query_frac: 0.0, ..small_cfg() };
+        let all: Vec<_> = generate_split(&w, 5, 40, &free).unwrap().into_iter().map(|s| s.unwrap()).collect();
+        assert!(all.iter().any(|s| extent(s) < 9.6));
+        let bad = SampleConfig { min_query_frac: 0.6, ..small_cfg() };
+        assert!(matches!(bad.validate(), Err(SynthError::InvalidConfig { field: "min_query_frac", .. })));
     }
 
     #[test]
