@@ -46,6 +46,8 @@ pub fn evaluate(model: &Smgeo, ds: &Dataset, o: &EvalOptions) -> Result<(EvalSum
     let mut acc = EvalAccumulator::new(hw);
     let mut preds = Vec::with_capacity(n);
     let mut skipped = Vec::new();
+    // (predicted cell, true cell) by record id, for the prompt-split measure.
+    let mut cells_by_id: std::collections::HashMap<i64, ((usize, usize), (usize, usize))> = Default::default();
     let mut i = 0;
     while i < n {
         let samples = ds.next_batch(&mut i, n, o.batch, &mut skipped);
@@ -69,6 +71,7 @@ pub fn evaluate(model: &Smgeo, ds: &Dataset, o: &EvalOptions) -> Result<(EvalSum
             let (h2, b2) = (&thm[k * cells..(k + 1) * cells], &tbb[k * 4 * cells..(k + 1) * 4 * cells]);
             let cl = release_cell_local_iou(h1, b1, h2, b2, dims)?;
             let pred_box = d.box_xyxy.map(|v| v as f64);
+            cells_by_id.insert(s.id, ((d.cell.0 as usize, d.cell.1 as usize), cl.gt_cell));
             let iou = acc.push(&EvalSample {
                 pred_box,
                 gt_box: s.bbox,
@@ -89,7 +92,43 @@ pub fn evaluate(model: &Smgeo, ds: &Dataset, o: &EvalOptions) -> Result<(EvalSum
             });
         }
     }
-    Ok((EvalSummaryWithSkips { summary: acc.summary(), skipped }, preds))
+    let groups: Vec<Vec<((usize, usize), (usize, usize))>> = ds
+        .chip_groups(n, 0)
+        .iter()
+        .map(|g| g.iter().filter_map(|&k| cells_by_id.get(&ds.records[k].id).copied()).collect())
+        .collect();
+    let prompt_split = prompt_split(&groups);
+    Ok((EvalSummaryWithSkips { summary: acc.summary(), skipped, prompt_split }, preds))
+}
+
+/// Does the prompt change the answer? Over pairs of prompts on one satellite chip whose
+/// targets lie in different cells, the share whose predicted cells differ too. A
+/// query-blind model scores 0 (one answer per chip, whatever the prompt); a model that
+/// follows the prompt scores near 1. It does not say the answers are right (centre-cell
+/// accuracy does): it tells a model that ignores the prompt from one that uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PromptSplit {
+    /// Prompt pairs on a shared chip with targets in different cells.
+    pub pairs: usize,
+    /// Share of those pairs answered in different cells.
+    pub split: f64,
+}
+
+/// [`PromptSplit`] of chips given as lists of (predicted cell, true cell); None without
+/// a qualifying pair (e.g. one prompt per chip).
+pub fn prompt_split(chips: &[Vec<((usize, usize), (usize, usize))>]) -> Option<PromptSplit> {
+    let (mut pairs, mut split) = (0usize, 0usize);
+    for c in chips {
+        for a in 0..c.len() {
+            for b in a + 1..c.len() {
+                if c[a].1 != c[b].1 {
+                    pairs += 1;
+                    split += usize::from(c[a].0 != c[b].0);
+                }
+            }
+        }
+    }
+    (pairs > 0).then(|| PromptSplit { pairs, split: split as f64 / pairs as f64 })
 }
 
 /// The metrics plus the samples that could not be evaluated.
@@ -98,6 +137,10 @@ pub struct EvalSummaryWithSkips {
     #[serde(flatten)]
     pub summary: EvalSummary,
     pub skipped: Vec<String>,
+    /// Whether different prompts on one chip get different answers (data with several
+    /// prompts per chip only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_split: Option<PromptSplit>,
 }
 
 impl std::ops::Deref for EvalSummaryWithSkips {
@@ -160,6 +203,14 @@ pub fn write_report(dir: &Path, title: &str, s: &EvalSummaryWithSkips, preds: &[
     for (k, g) in &s.summary.by_size {
         md += &row(&format!("size: {k}"), g);
     }
+    if let Some(p) = &s.prompt_split {
+        md += &format!(
+            "\nPrompt split: {:.1} % of {} prompt pairs on a shared chip with targets in different cells were \
+             answered in different cells (0 = the model ignores the prompt).\n",
+            100.0 * p.split,
+            p.pairs
+        );
+    }
     md += "\nPixel IoU (DetGeo's definition) is the metric to compare; the release cell-local \
            metric ignores where the box is (SMGEO_SPEC §8.1) and is shown only for comparison \
            with the release's published numbers. Percentages.\n\n";
@@ -210,5 +261,26 @@ pub fn centre_baseline(train: &Dataset, test: &Dataset, limit: usize) -> EvalSum
             cell_local_iou: None,
         });
     }
-    EvalSummaryWithSkips { summary: acc.summary(), skipped: vec![] }
+    EvalSummaryWithSkips { summary: acc.summary(), skipped: vec![], prompt_split: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_split_counts_pairs_with_different_targets() {
+        let (a, b, c) = ((0, 0), (1, 2), (3, 3));
+        // (predicted, true). Chip 1: targets in cells a, b, c answered a, a, c: pair (0,1)
+        // got one answer, (0,2) and (1,2) two — 2 of 3. Chip 2: both targets in cell b, so
+        // no pair counts. Chip 3: a single prompt.
+        let chips = vec![vec![(a, a), (a, b), (c, c)], vec![(a, b), (c, b)], vec![(b, b)]];
+        let p = prompt_split(&chips).unwrap();
+        assert_eq!(p.pairs, 3);
+        assert!((p.split - 2.0 / 3.0).abs() < 1e-12);
+        // Query-blind: one answer per chip → 0.
+        let blind = vec![vec![(a, a), (a, b), (a, c)]];
+        assert_eq!(prompt_split(&blind).unwrap(), PromptSplit { pairs: 3, split: 0.0 });
+        assert_eq!(prompt_split(&[vec![(a, a)], vec![]]), None);
+    }
 }

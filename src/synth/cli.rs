@@ -324,6 +324,7 @@ pub struct FlightArgs {
     pub telemetry_error: Option<super::video::TelemetryError>,
 }
 
+#[cfg(all(feature = "geo", feature = "gst"))]
 fn parse_telemetry_error(s: &str) -> Result<super::video::TelemetryError, String> {
     let v: Vec<f64> =
         s.split(',').map(|x| x.trim().parse::<f64>().map_err(|e| format!("{x:?}: {e}"))).collect::<Result<_, _>>()?;

@@ -39,7 +39,8 @@
 //! Prompt choice: the flight is cut into `n_prompts` equal time slots; for each, frames
 //! are searched from the slot centre outwards (slot first, then the rest of the flight) for
 //! an unused frame showing an unused object with its whole footprint ≥ 4 px inside the
-//! image, ≥ 12 px across its projected box, within 5× the altitude, and whose interior
+//! image, ≥ 12 px across its projected box and its larger side ≥ 0.1 of the frame's
+//! shorter side (as large as the synthetic CVOGL queries' targets), within 5× the altitude, and whose interior
 //! point ([`super::geom::interior_point`]) is not under a tree; only when no frame has one,
 //! partly visible objects qualify (visible part ≥ 12 px across, click ≥ 16 px from the
 //! border). Among the candidates of a frame: categories used least so far first, then the
@@ -658,6 +659,10 @@ pub struct PromptPick {
     pub click: P2,
 }
 
+/// Smallest prompt target: its outline's larger side in the frame, as a fraction of the
+/// frame's shorter side (the synthetic CVOGL queries' `min_query_frac` default).
+const MIN_TARGET_FRAC: f64 = 0.1;
+
 /// Objects clearly visible in `cam` (see module docs), with their clicks. `whole`: the
 /// whole footprint inside the image (4 px margin); otherwise the part inside the image must
 /// be ≥ 12 px across and the click ≥ 16 px from the border (fallback for sparse views).
@@ -693,7 +698,9 @@ pub fn visible_targets(world: &World, cam: &Camera, whole: bool) -> Vec<(usize, 
         }
         let Some(b) = bbox_of(proj.iter()) else { continue };
         let b = [b[0].max(0.0), b[1].max(0.0), b[2].min(w), b[3].min(h)];
-        if (b[2] - b[0]).min(b[3] - b[1]) < 12.0 {
+        // At least 12 px across, and as large as the synthetic CVOGL queries' targets:
+        // 0.1 of the frame's shorter side (the side of the square query crop).
+        if (b[2] - b[0]).min(b[3] - b[1]) < 12.0 || (b[2] - b[0]).max(b[3] - b[1]) < MIN_TARGET_FRAC * w.min(h) {
             continue;
         }
         let ip = interior_point(&o.footprint);
