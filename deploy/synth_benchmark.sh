@@ -29,11 +29,13 @@ for name in ["paper", "release", "baseline"]:
     e = json.load(open(f"{runs}/{name}.eval.json"))["overall"]
     t = json.load(open(f"{runs}/{name}.train.json")) if name != "baseline" else {}
     p = e["pixel_iou"]
+    ps = json.load(open(f"{runs}/{name}.eval.json")).get("prompt_split")
+    split = f"{100*ps['split']:.1f}" if ps else "–"
     rows.append(f"| {name} | {100*p['acc_at_0_25']:.1f} | {100*p['acc_at_0_5']:.1f} | {100*p['miou']:.1f} | "
-                f"{100*e['accu_c']:.1f} | {t.get('steps', '–')} | {t.get('train_minutes', 0):.1f} | "
+                f"{100*e['accu_c']:.1f} | {split} | {t.get('steps', '–')} | {t.get('train_minutes', 0):.1f} | "
                 f"{t.get('samples_per_s', 0):.2f} | {t.get('chips_per_s', 0):.2f} |")
-table = ("| model | acc@0.25 | acc@0.5 | mIoU | centre-cell | steps | train min | prompts/s | chips/s |\n"
-         "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+table = ("| model | acc@0.25 | acc@0.5 | mIoU | centre-cell | prompt split | steps | train min | prompts/s | chips/s |\n"
+         "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 open(f"{runs}/table.md", "w").write(table + "\n")
 print(table)
 PY

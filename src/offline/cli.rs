@@ -168,7 +168,8 @@ pub fn run_eval(c: &EvalCmd) -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
-            "report": report, "overall": summary.summary.overall, "skipped": summary.skipped.len(),
+            "report": report, "overall": summary.summary.overall, "prompt_split": summary.prompt_split,
+            "skipped": summary.skipped.len(),
             "load_skipped_records": ds.report.skipped.len(),
         }))?
     );
