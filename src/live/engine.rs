@@ -309,7 +309,7 @@ impl Engine {
                     .map(|p| GeoLonLat { lon: p.0, lat: p.1 })
             })
             .collect();
-        let locs = match self.localiser.localise_many_with_priors(
+        let locs = match self.localiser.localise_many(
             &frame.data,
             frame.width,
             frame.height,

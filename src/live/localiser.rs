@@ -316,30 +316,18 @@ impl Localiser {
         click: (f64, f64),
         ground: LonLat,
     ) -> Result<Localisation> {
-        let mut v = self.localise_many(rgb, width, height, stride, &[click], ground)?;
+        let mut v = self.localise_many(rgb, width, height, stride, &[click], ground, &[])?;
         v.pop().unwrap_or_else(|| Err(LocaliseError::Frame("no result for the click".into())))
     }
 
     /// Several clicks on one frame, one chip around `ground`: the queries go through the
     /// model as one batch against the chip's features (read or computed once). A click
     /// outside the frame fails alone; a chip that cannot be had fails the call. Each
-    /// result's `query_ms` is the batched model call's time.
-    pub fn localise_many(
-        &mut self,
-        rgb: &[u8],
-        width: u32,
-        height: u32,
-        stride: usize,
-        clicks: &[(f64, f64)],
-        ground: LonLat,
-    ) -> Result<Vec<Result<Localisation>>> {
-        self.localise_many_with_priors(rgb, width, height, stride, clicks, ground, &[])
-    }
-
-    /// [`Localiser::localise_many`] with, per click, where telemetry puts it on the ground
-    /// (`priors[i]`; missing or None: no prior). Used when `prior_sigma_m` > 0.
+    /// result's `query_ms` is the batched model call's time. `priors[i]`: where telemetry
+    /// puts click i on the ground (missing or None: no prior), used when `prior_sigma_m`
+    /// > 0.
     #[allow(clippy::too_many_arguments)]
-    pub fn localise_many_with_priors(
+    pub fn localise_many(
         &mut self,
         rgb: &[u8],
         width: u32,
@@ -437,15 +425,12 @@ impl Localiser {
         let (sy, sx) = (ih as f64 / hf as f64, iw as f64 / wf as f64);
         let m_per_px = self.cfg.chip_gsd_m * self.cfg.chip_px as f64 / self.sat_in as f64;
         let inv = chip.gt.invert()?;
+        // One CRS transform for all the prior points, then chip pixels.
+        let given: Vec<LonLat> = priors.iter().flatten().copied().collect();
+        let mut pixels = self.to_crs.from_lonlat(&given)?.into_iter().map(|xy| inv.apply(xy.0, xy.1));
         let mut data = Vec::with_capacity(priors.len() * (hf * wf) as usize);
         for p in priors {
-            let centre = match p {
-                Some(ll) => {
-                    let xy = self.to_crs.from_lonlat(std::slice::from_ref(ll))?[0];
-                    Some(inv.apply(xy.0, xy.1))
-                }
-                None => None,
-            };
+            let centre = p.and_then(|_| pixels.next());
             for y in 0..hf {
                 for x in 0..wf {
                     data.push(match centre {

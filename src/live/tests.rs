@@ -381,7 +381,7 @@ fn batched_clicks_match_one_call_per_click() {
     let b = scene.bounds_wgs84;
     let inside = LonLat { lon: (b[0] + b[2]) / 2.0, lat: (b[1] + b[3]) / 2.0 };
     let clicks = [(20.0, 20.0), (150.0, 80.0), (500.0, 10.0), (80.0, 48.0)];
-    let many = loc.localise_many(&frame, w, h, 3 * w as usize, &clicks, inside).unwrap();
+    let many = loc.localise_many(&frame, w, h, 3 * w as usize, &clicks, inside, &[]).unwrap();
     assert_eq!(many.len(), 4);
     assert!(matches!(many[2], Err(super::localiser::LocaliseError::ClickOutside { .. })));
     for (k, &c) in clicks.iter().enumerate().filter(|(k, _)| *k != 2) {
@@ -424,7 +424,7 @@ fn telemetry_prior_picks_the_cell_under_the_prior_point() {
     )
     .unwrap();
     // No prior point: the same decode as without the prior.
-    let none = loc.localise_many_with_priors(&frame, w, h, 3 * w as usize, &[(80.0, 48.0)], inside, &[None]).unwrap();
+    let none = loc.localise_many(&frame, w, h, 3 * w as usize, &[(80.0, 48.0)], inside, &[None]).unwrap();
     let none = none[0].as_ref().unwrap();
     assert_eq!((none.cell, none.box_px), (free.cell, free.box_px));
     // The model chip is 64 px at 4 m (256 px at 1 m, input_scale 0.25): a 2×2 grid of
@@ -437,15 +437,7 @@ fn telemetry_prior_picks_the_cell_under_the_prior_point() {
         let (x, y) = gt.apply(col as f64 * 32.0 + 16.0, row as f64 * 32.0 + 16.0);
         let p = ct.to_lonlat(&[(x, y)]).unwrap()[0];
         let r = loc
-            .localise_many_with_priors(
-                &frame,
-                w,
-                h,
-                3 * w as usize,
-                &[(80.0, 48.0), (20.0, 20.0)],
-                inside,
-                &[Some(p), None],
-            )
+            .localise_many(&frame, w, h, 3 * w as usize, &[(80.0, 48.0), (20.0, 20.0)], inside, &[Some(p), None])
             .unwrap();
         let got = r[0].as_ref().unwrap();
         assert_eq!(got.cell, (row, col), "prior at cell ({row}, {col})");
