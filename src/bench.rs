@@ -168,14 +168,15 @@ pub fn flops(cfg: &ModelConfig, q_hw: (i64, i64), s_hw: (i64, i64)) -> (f64, f64
                     total += e + 2.0 * n * c * cfg.num_experts as f64;
                 }
             }
-            if i < 3 {
+            if i < cfg.merges() {
                 total += 2.0 * (n / 4.0) * 4.0 * c * 2.0 * c;
                 h = (h + 1) / 2;
                 w = (w + 1) / 2;
             }
         }
     }
-    let (hf, wf) = ((s_hw.0 / 32) as f64, (s_hw.1 / 32) as f64);
+    let st = cfg.output_stride();
+    let (hf, wf) = ((s_hw.0 / st) as f64, (s_hw.1 / st) as f64);
     let (c3, f) = (cfg.stage_dim(3) as f64, cfg.head_feat_channels as f64);
     total += 2.0 * hf * wf * 9.0 * (c3 * f + f * f) + 2.0 * hf * wf * f * 5.0;
     (total, experts)

@@ -156,10 +156,21 @@ pub struct ModelConfig {
     /// satellite 1024², query 256²); 0.5 = a model trained on 512² chips.
     #[serde(default = "one")]
     pub input_scale: f64,
+    /// `true` (both presets, Swin): a patch merge after stage 2, so the last stage and the
+    /// head run at stride 32 with 8C channels. `false`: no last merge — stage 3 stays at
+    /// stage 2's grid and width, the head runs at stride 16. A model at `input_scale` 0.5
+    /// then has the paper's ground cell (32 px of the 1024² CVOGL chip) and the paper's
+    /// 32×32 grid, at about the cost of the stride-32 model.
+    #[serde(default = "yes")]
+    pub final_merge: bool,
 }
 
 fn one() -> f64 {
     1.0
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ModelConfig {
@@ -195,6 +206,7 @@ impl ModelConfig {
             query_in_chans: 4,
             sat_in_chans: 3,
             input_scale: 1.0,
+            final_merge: true,
         }
     }
 
@@ -241,7 +253,7 @@ impl ModelConfig {
             return bad("embed_dim, patch_size and window_size must be positive".into());
         }
         for (i, (&d, &h)) in self.depths.iter().zip(&self.num_heads).enumerate() {
-            let c = self.embed_dim << i;
+            let c = self.stage_dim(i);
             if d <= 0 || h <= 0 || c % h != 0 {
                 return bad(format!("stage {i}: depth {d}, heads {h}: C={c} must divide by heads"));
             }
@@ -272,7 +284,22 @@ impl ModelConfig {
 
     /// Channels of stage `i`.
     pub fn stage_dim(&self, i: usize) -> i64 {
-        self.embed_dim << i
+        self.embed_dim << i.min(self.merges())
+    }
+
+    /// Patch merges between the four stages: 3, or 2 without the final merge.
+    pub fn merges(&self) -> usize {
+        if self.final_merge {
+            3
+        } else {
+            2
+        }
+    }
+
+    /// Input pixels per cell of the last stage (and of the heatmap): 32, or 16 without
+    /// the final merge (patch 4).
+    pub fn output_stride(&self) -> i64 {
+        self.patch_size << self.merges()
     }
 
     pub fn is_moe(&self, stage: usize, block: usize) -> bool {
@@ -289,7 +316,7 @@ impl ModelConfig {
         if self.pad_to_window {
             self.patch_size
         } else {
-            self.patch_size * 8 * self.window_size
+            self.output_stride() * self.window_size
         }
     }
 
@@ -387,6 +414,7 @@ struct RawModelConfig {
     query_in_chans: Option<i64>,
     sat_in_chans: Option<i64>,
     input_scale: Option<f64>,
+    final_merge: Option<bool>,
 }
 
 fn default_preset() -> Preset {
@@ -426,7 +454,8 @@ impl RawModelConfig {
             entropy_fifo,
             query_in_chans,
             sat_in_chans,
-            input_scale
+            input_scale,
+            final_merge
         );
         if let Some(r) = raw.expert_hidden_ratio {
             c.expert_hidden_ratio = r;
@@ -484,6 +513,22 @@ mod tests {
             let v = serde_json::to_value(&c).unwrap();
             assert_eq!(ModelConfig::from_value(v).unwrap(), c);
         }
+    }
+
+    #[test]
+    fn final_merge_defaults_on_and_is_an_override() {
+        let c = ModelConfig::from_value(serde_json::json!({"preset": "paper"})).unwrap();
+        assert!(c.final_merge);
+        assert_eq!((c.output_stride(), c.stage_dim(3)), (32, 768));
+        let c = ModelConfig::from_value(serde_json::json!({"preset": "release", "final_merge": false})).unwrap();
+        assert_eq!((c.output_stride(), c.stage_dim(2), c.stage_dim(3)), (16, 384, 384));
+        // without padding, inputs must give stage grids that divide by the window
+        assert_eq!(c.input_multiple(), 16 * 8);
+        // a resolved config written before the field existed (model.json of old checkpoints)
+        let mut v = serde_json::to_value(ModelConfig::paper()).unwrap();
+        v.as_object_mut().unwrap().remove("final_merge");
+        let old: ModelConfig = serde_json::from_value(v).unwrap();
+        assert!(old.final_merge);
     }
 
     #[test]

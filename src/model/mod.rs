@@ -5,7 +5,8 @@
 //! Inputs: query (B, 4, Hq, Wq) — ImageNet-normalised RGB plus the click prior (not
 //! normalised); satellite (B, 3, Hs, Ws) ImageNet-normalised RGB; any float kind, cast
 //! to the model's precision on entry ([`Smgeo::set_precision`]: float32, bf16, f16).
-//! Outputs: heatmap logits (B, 1, Hs/32, Ws/32) and box map (B, 4, …) in cells, float32.
+//! Outputs: heatmap logits (B, 1, Hs/s, Ws/s), s the output stride (32, or 16 without the
+//! final merge), and box map (B, 4, …) in cells, float32.
 //! The two branches never mix before the fusion, so [`Smgeo::encode_reference`] can
 //! be cached per chip and [`Smgeo::localise`] reused for every prompt on it.
 
@@ -415,6 +416,30 @@ pub(crate) mod tests {
             let e = m.forward_indexed(&q, &s, Some(&bad), false, &mut Trace::off()).unwrap_err();
             assert!(e.to_string().contains("ref_index"), "{e}");
         }
+    }
+
+    #[test]
+    fn without_the_final_merge_the_head_runs_at_stride_16_on_stage_2_width() {
+        let (_vs, m32) = tiny();
+        let mut cfg = m32.cfg.clone();
+        cfg.final_merge = false;
+        assert_eq!((cfg.output_stride(), cfg.stage_dim(2), cfg.stage_dim(3)), (16, 32, 32));
+        let vs = VarStore::new(Device::Cpu);
+        let m = Smgeo::new(&vs.root(), &cfg).unwrap();
+        let names: Vec<String> = vs.variables().into_keys().collect();
+        assert!(names.iter().any(|k| k.starts_with("backbone.downsamples.1.")));
+        assert!(!names.iter().any(|k| k.starts_with("backbone.downsamples.2.")), "no third merge");
+        let q = wave(&[2, 4, 64, 64], 0.37);
+        let s = wave(&[1, 3, 128, 128], 0.53);
+        let idx = Tensor::from_slice(&[0i64, 0]);
+        let o = m.forward_indexed(&q, &s, Some(&idx), false, &mut Trace::off()).unwrap();
+        assert_eq!(o.heatmap.size(), vec![2, 1, 8, 8]);
+        assert_eq!(o.bbox.size(), vec![2, 4, 8, 8]);
+        let t = m.encode_reference(&s, false, &mut Trace::off()).unwrap().tokens;
+        assert_eq!(t.size(), vec![1, 8, 8, 32]);
+        // Fewer parameters than the stride-32 model: no last merge, stage 3 at stage 2's width.
+        let n = |vs: &VarStore| vs.trainable_variables().iter().map(|t| t.numel()).sum::<usize>();
+        assert!(n(&vs) < n(&_vs));
     }
 
     #[test]

@@ -480,7 +480,7 @@ impl Backbone {
             query_embed: PatchEmbed::new(&(&pe / "query"), cfg.query_in_chans, cfg.embed_dim, cfg.patch_size),
             sat_embed: PatchEmbed::new(&(&pe / "sat"), cfg.sat_in_chans, cfg.embed_dim, cfg.patch_size),
             stages,
-            downsamples: (0..3).map(|i| PatchMerging::new(&(vs / "downsamples" / i), cfg.stage_dim(i))).collect(),
+            downsamples: (0..cfg.merges()).map(|i| PatchMerging::new(&(vs / "downsamples" / i), cfg.stage_dim(i))).collect(),
             norm: cfg.final_norm.then(|| LayerNorm::new(&(vs / "norm"), cfg.stage_dim(3))),
         }
     }
@@ -510,7 +510,8 @@ impl Backbone {
         true
     }
 
-    /// Encode one branch: `x` (B, C_in, H, W) → last-stage tokens (B, H/32, W/32, C3)
+    /// Encode one branch: `x` (B, C_in, H, W) → last-stage tokens (B, H/s, W/s, C3), s the
+    /// output stride (32, or 16 without the final merge)
     /// (final norm applied when configured). MoE calls are appended to `ctx.moe_calls`.
     pub fn encode(&self, x: &Tensor, branch: Branch, ctx: &mut Ctx) -> Tensor {
         let bn = branch.name();
@@ -525,8 +526,8 @@ impl Backbone {
                 t = blk.forward(&t, stage.pool.as_ref(), ctx);
             }
             ctx.trace.put(&format!("inter.{bn}_stage{i}_out"), || flat(&t));
-            if i < 3 {
-                t = self.downsamples[i].forward(&t, ctx.kind);
+            if let Some(down) = self.downsamples.get(i) {
+                t = down.forward(&t, ctx.kind);
                 ctx.trace.put(&format!("inter.{bn}_down{i}_out"), || flat(&t));
             }
         }
