@@ -146,6 +146,20 @@ pub fn match_loss(fusion_logits: &Tensor, t: &Targets) -> Tensor {
     centernet_focal(&fusion_logits.unsqueeze(1), &t.heatmap)
 }
 
+/// Matching loss, softmax form (InfoNCE over the chip's cells): −log softmax(s)[centre]
+/// per prompt, averaged. Each prompt's similarity map competes across its chip, so the
+/// query vector must score the prompted object's cell above every other cell — the
+/// other objects of the chip included — rather than each cell on its own as the focal
+/// form does. Prompts whose centre fell off the map (no cell at 1) add nothing.
+pub fn match_loss_softmax(fusion_logits: &Tensor, t: &Targets) -> Tensor {
+    let s = fusion_logits.to_kind(Kind::Float).flatten(1, -1); // (B, HW)
+    let centre = t.heatmap.flatten(1, -1).eq(1.0).to_kind(Kind::Float); // (B, HW), one 1 per row
+    let has = centre.sum_dim_intlist(-1, false, Kind::Float).clamp_max(1.0); // (B,)
+    let lse = s.logsumexp(-1, false);
+    let pos = (&s * &centre).sum_dim_intlist(-1, false, Kind::Float);
+    ((lse - pos) * &has).sum(Kind::Float) / has.sum(Kind::Float).clamp_min(1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +202,29 @@ mod tests {
         // the matching loss is the same focal loss on (B, H, W) similarity logits
         let m = match_loss(&hm.squeeze_dim(1), &t);
         assert!((m.double_value(&[]) - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn softmax_matching_loss_matches_hand_computation() {
+        // 1×2×2 map, centre at cell (0, 1): loss = log(Σ e^s) − s[1]
+        let t = build_targets(&[[40.0, 0.0, 56.0, 16.0]], (32, 64), (2, 2));
+        let hm: Vec<f32> = Vec::try_from(t.heatmap.flatten(0, -1)).unwrap();
+        assert_eq!(hm.iter().position(|&v| v == 1.0), Some(1));
+        let s = Tensor::from_slice(&[0.5f32, 2.0, -1.0, 0.0]).reshape([1, 2, 2]);
+        let want = ((0.5f64).exp() + 2f64.exp() + (-1f64).exp() + 1.0).ln() - 2.0;
+        let got = match_loss_softmax(&s, &t).double_value(&[]);
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        // two prompts, one without a centre on the map: the mean over the one that has
+        let t2 = Targets {
+            heatmap: Tensor::cat(&[t.heatmap.shallow_clone(), t.heatmap.zeros_like()], 0),
+            bbox: Tensor::cat(&[t.bbox.shallow_clone(), t.bbox.zeros_like()], 0),
+            mask: Tensor::cat(&[t.mask.shallow_clone(), t.mask.zeros_like()], 0),
+        };
+        let s2 = Tensor::cat(&[s.shallow_clone(), Tensor::from_slice(&[9.0f32, 0.0, 0.0, 0.0]).reshape([1, 2, 2])], 0);
+        let got2 = match_loss_softmax(&s2, &t2).double_value(&[]);
+        assert!((got2 - want).abs() < 1e-6, "{got2} vs {want}");
+        // the loss falls as the centre's similarity rises above the others
+        let better = Tensor::from_slice(&[0.5f32, 5.0, -1.0, 0.0]).reshape([1, 2, 2]);
+        assert!(match_loss_softmax(&better, &t).double_value(&[]) < got);
     }
 }

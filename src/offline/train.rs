@@ -27,6 +27,14 @@ use crate::model::{loss, weights, ModelConfig, Preset, Smgeo, Trace};
 use crate::synth::fresh::FreshSampler;
 use std::sync::Arc;
 
+/// Form of the optional matching loss (see [`TrainConfig::match_loss_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchLossKind {
+    Focal,
+    Softmax,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -55,6 +63,9 @@ pub struct TrainConfig {
     /// Weight of the matching loss (`loss::match_loss`: focal loss on the fusion's
     /// similarity map; models with a fusion only). 0 = MODEL.md's loss alone.
     pub match_loss: f64,
+    /// Form of the matching loss: `focal` (per cell, as the heatmap) or `softmax`
+    /// (`loss::match_loss_softmax`: the prompted cell against all cells of its chip).
+    pub match_loss_kind: MatchLossKind,
     pub seed: u64,
     pub augment: bool,
     pub augmentation: AugmentConfig,
@@ -111,6 +122,7 @@ impl Default for TrainConfig {
             clip_grad_norm: 1.0,
             lambdas: (1.0, 1.0, 0.01),
             match_loss: 0.0,
+            match_loss_kind: MatchLossKind::Focal,
             seed: 42,
             augment: true,
             augmentation: AugmentConfig::default(),
@@ -528,7 +540,13 @@ pub fn train_step(
     let bal = if balance_entropy { out.entropy.shallow_clone() } else { out.entropy.zeros_like() };
     let lp = loss::paper_loss(&out.heatmap, &out.bbox, &tg, &bal, cfg.lambdas);
     let total = match (&out.fusion_logits, cfg.match_loss > 0.0) {
-        (Some(s), true) => &lp.total + loss::match_loss(s, &tg) * cfg.match_loss,
+        (Some(s), true) => {
+            let m = match cfg.match_loss_kind {
+                MatchLossKind::Focal => loss::match_loss(s, &tg),
+                MatchLossKind::Softmax => loss::match_loss_softmax(s, &tg),
+            };
+            &lp.total + m * cfg.match_loss
+        }
         _ => lp.total.shallow_clone(),
     };
     let mut grads = opt.gradients(&total)?;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 use smgeo::offline::cvogl::{write_split, CvoglRecord};
-use smgeo::offline::train::{train, TrainArgs, TrainConfig};
+use smgeo::offline::train::{train, MatchLossKind, TrainArgs, TrainConfig};
 
 const DS: &str = "CVOGL_DroneAerial";
 
@@ -317,6 +317,20 @@ fn chips_with_several_prompts_train_together_and_resume_exactly() {
     plain.model.as_mut().unwrap().insert("input_scale".into(), 0.25.into());
     let p = train(&args(plain, &data, dir.path().join("plain"), false)).unwrap();
     assert!(full.first_loss > p.first_loss + 0.1, "match loss absent: {} vs {}", full.first_loss, p.first_loss);
+    // The softmax form on the same model: 0.5 × (about ln 64 cells at 256² / stride 32)
+    let mut soft = tiny_config(1);
+    (soft.batch, soft.limit_train, soft.augment, soft.match_loss) = (1, 0, true, 0.5);
+    soft.match_loss_kind = MatchLossKind::Softmax;
+    soft.model.as_mut().unwrap().insert("input_scale".into(), 0.25.into());
+    let s = train(&args(soft.clone(), &data, dir.path().join("soft"), false)).unwrap();
+    let extra = s.first_loss - p.first_loss;
+    assert!(extra > 1.0 && extra < 0.5 * (64f64.ln() + 6.0), "softmax match loss adds {extra}");
+    // and a stride-16 model (no final merge) trains through the same path
+    soft.model.as_mut().unwrap().insert("final_merge".into(), false.into());
+    let s16 = train(&args(soft, &data, dir.path().join("soft16"), false)).unwrap();
+    assert!(s16.first_loss.is_finite() && s16.first_loss != s.first_loss);
+    let mj = std::fs::read_to_string(dir.path().join("soft16/last/model.json")).unwrap();
+    assert!(mj.contains("\"final_merge\": false") || mj.contains("\"final_merge\":false"), "{mj}");
 }
 
 #[test]
