@@ -660,6 +660,39 @@ mod tests {
     }
 
     #[test]
+    fn neighbouring_courts_and_tanks_differ_in_colour() {
+        // Court surfaces and tank tops are drawn per object: in a row of courts or a tank
+        // farm, neighbours mostly differ, so a prompt can tell them apart by colour.
+        use crate::synth::world::{Layer, Material};
+        let w = World::generate(5, (1500.0, 1500.0));
+        let top_colour = |o: &Object| {
+            let c = interior_point(&o.footprint);
+            w.shapes.iter().rev().find_map(|sh| match &sh.material {
+                Material::Paint { rgb } if sh.layer == Layer::Object && point_in_rings(&sh.rings, c) => Some(*rgb),
+                _ => None,
+            })
+        };
+        for cat in ["sports_court", "storage_tank"] {
+            let objs: Vec<&Object> = w.objects.iter().filter(|o| o.category == cat).collect();
+            let centre = |o: &Object| ((o.bbox[0] + o.bbox[2]) / 2.0, (o.bbox[1] + o.bbox[3]) / 2.0);
+            let (mut pairs, mut differ) = (0, 0);
+            for (i, a) in objs.iter().enumerate() {
+                for b in &objs[i + 1..] {
+                    let (pa, pb) = (centre(a), centre(b));
+                    let size = (a.bbox[2] - a.bbox[0]).max(a.bbox[3] - a.bbox[1]);
+                    if (pa.0 - pb.0).hypot(pa.1 - pb.1) < size + 10.0 {
+                        pairs += 1;
+                        let (ca, cb) = (top_colour(a).expect("painted top"), top_colour(b).expect("painted top"));
+                        differ += usize::from(ca != cb);
+                    }
+                }
+            }
+            assert!(pairs >= 10, "{cat}: only {pairs} neighbour pairs in this world");
+            assert!(differ * 10 >= pairs * 6, "{cat}: {differ} of {pairs} neighbour pairs differ in colour");
+        }
+    }
+
+    #[test]
     fn a_chip_with_several_prompts_puts_them_on_different_objects_of_the_category() {
         let w = World::generate(21, (900.0, 900.0));
         let cfg = SampleConfig { queries_per_chip: 4, ..small_cfg() };

@@ -41,8 +41,18 @@ const FLAT_ROOFS: [[u8; 3]; 9] = [
 ];
 /// Industrial metal roofs, drawn per warehouse.
 const METAL_ROOFS: [[u8; 3]; 5] = [[120, 135, 150], [150, 150, 145], [95, 110, 125], [160, 95, 70], [90, 125, 100]];
-/// Storage-tank tops, drawn per tank.
-const TANK_TOPS: [[u8; 3]; 4] = [[225, 225, 220], [200, 205, 200], [180, 190, 175], [150, 160, 170]];
+/// Storage-tank tops, drawn per tank: white and grey paint, aluminium, and the green,
+/// rust, blue and sand coats of real tank farms, so neighbours in a row can differ.
+const TANK_TOPS: [[u8; 3]; 8] = [
+    [225, 225, 220],
+    [180, 190, 175],
+    [150, 160, 170],
+    [95, 120, 90],
+    [150, 90, 60],
+    [80, 105, 140],
+    [200, 185, 140],
+    [120, 120, 115],
+];
 const CARS: [[u8; 3]; 7] =
     [[235, 235, 235], [25, 25, 28], [160, 162, 168], [150, 30, 30], [40, 60, 130], [90, 90, 95], [200, 190, 170]];
 
@@ -462,11 +472,14 @@ impl Builder {
         let h = self.rng.gen_range(8.0..16.0);
         let half = (b[2] - b[0]) * 0.55;
         let (nx, ny) = ((half / pitch).floor() as usize, ((b[3] - b[1]) / pitch).floor() as usize);
+        // Coats: the world's draw picks one of 4 pairs (as it picked one of 4 tops before, so
+        // the world's stream is unchanged) and a generator of the block's own the member.
+        let mut coats = side_rng(b, 1);
         for i in 0..nx {
             for j in 0..ny {
                 let c = (b[0] + (i as f64 + 0.5) * pitch, b[1] + (j as f64 + 0.5) * pitch);
                 if self.try_occupy(c, r + 1.0, r + 1.0) {
-                    let top = TANK_TOPS[self.rng.gen_range(0..TANK_TOPS.len())];
+                    let top = TANK_TOPS[2 * self.rng.gen_range(0..TANK_TOPS.len() / 2) + coats.gen_range(0..2)];
                     self.push(vec![circle(c, r, 32)], Material::Paint { rgb: top }, Layer::Object);
                     self.push(
                         vec![circle(c, r * 0.55, 24), circle(c, r * 0.5, 24)],
@@ -510,6 +523,15 @@ impl Builder {
 /// Point at distance `s` along direction `angle` from `p`.
 fn local_pt(p: P2, angle: f64, s: f64) -> P2 {
     (p.0 + s * angle.cos(), p.1 + s * angle.sin())
+}
+
+/// A generator for appearance-only draws of block `b` (`tag` tells uses apart), kept off
+/// the world's stream so that colour choices never move the world's geometry.
+pub(super) fn side_rng(b: Block, tag: u64) -> ChaCha8Rng {
+    let h = b.iter().fold(tag.wrapping_mul(0x9E37_79B9_7F4A_7C15), |h, v| {
+        (h ^ v.to_bits()).wrapping_mul(0x100_0000_01B3).rotate_left(29)
+    });
+    ChaCha8Rng::seed_from_u64(h)
 }
 
 /// Scale a colour.

@@ -8,15 +8,23 @@ use super::world::{Layer, Material};
 use rand::Rng;
 use std::f64::consts::{FRAC_PI_2, PI};
 
+/// Tennis court surfaces: clay, green and blue hard courts, grass, red acrylic.
+const TENNIS_SURFACES: [[u8; 3]; 5] = [[180, 95, 60], [60, 120, 80], [50, 90, 140], [95, 140, 70], [150, 55, 50]];
+/// Basketball / multi-sport court surfaces.
+const COURT_SURFACES: [[u8; 3]; 5] = [[200, 130, 80], [60, 100, 150], [150, 60, 55], [70, 130, 95], [120, 120, 125]];
+
 impl Builder {
     pub(super) fn sports(&mut self, b: Block) {
         let tennis = self.rng.gen_bool(0.6);
         let (cl, cw) = if tennis { (36.6, 18.3) } else { (32.0, 19.0) };
-        let surf = if tennis {
-            [[60, 120, 80], [50, 90, 140], [180, 95, 60]][self.rng.gen_range(0..3)]
-        } else {
-            [[200, 130, 80], [60, 100, 150], [150, 60, 55]][self.rng.gen_range(0..3)]
-        };
+        // Surfaces are drawn per court (clay, grass-green, blue and red hard courts side by
+        // side, as in real multi-court grounds), so neighbouring courts can be told apart by
+        // a prompt, as the world's roofs can.
+        // They come from a generator of their own (seeded by the block and the draw that
+        // picked the block's single surface before), so the world's stream — every position
+        // and size after this block — is what it was.
+        let palette: &[[u8; 3]] = if tennis { &TENNIS_SURFACES } else { &COURT_SURFACES };
+        let mut surfaces = super::layout::side_rng(b, self.rng.gen_range(0..3));
         let (nx, ny) =
             (((b[2] - b[0]) / (cw + 3.0)).floor() as usize, ((b[3] - b[1]) / (cl + 8.0)).floor().min(2.0) as usize);
         let base = [b[0], b[1], b[0] + nx as f64 * (cw + 3.0), b[1] + ny as f64 * (cl + 8.0)];
@@ -33,6 +41,7 @@ impl Builder {
                     continue;
                 }
                 let fp = rect(c, cw, cl, 0.0);
+                let surf = palette[surfaces.gen_range(0..palette.len())];
                 self.push(vec![fp.clone()], Material::Paint { rgb: surf }, Layer::Object);
                 if tennis {
                     self.tennis_lines(c);
