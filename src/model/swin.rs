@@ -480,7 +480,9 @@ impl Backbone {
             query_embed: PatchEmbed::new(&(&pe / "query"), cfg.query_in_chans, cfg.embed_dim, cfg.patch_size),
             sat_embed: PatchEmbed::new(&(&pe / "sat"), cfg.sat_in_chans, cfg.embed_dim, cfg.patch_size),
             stages,
-            downsamples: (0..cfg.merges()).map(|i| PatchMerging::new(&(vs / "downsamples" / i), cfg.stage_dim(i))).collect(),
+            downsamples: (0..cfg.merges())
+                .map(|i| PatchMerging::new(&(vs / "downsamples" / i), cfg.stage_dim(i)))
+                .collect(),
             norm: cfg.final_norm.then(|| LayerNorm::new(&(vs / "norm"), cfg.stage_dim(3))),
         }
     }

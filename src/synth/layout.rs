@@ -473,7 +473,7 @@ impl Builder {
         let half = (b[2] - b[0]) * 0.55;
         let (nx, ny) = ((half / pitch).floor() as usize, ((b[3] - b[1]) / pitch).floor() as usize);
         // Coats: the world's draw picks one of 4 pairs (as it picked one of 4 tops before, so
-        // the world's stream is unchanged) and a generator of the block's own the member.
+        // the world's stream is unchanged); the block's own generator picks the member.
         let mut coats = side_rng(b, 1);
         for i in 0..nx {
             for j in 0..ny {
