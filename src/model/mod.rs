@@ -420,7 +420,7 @@ pub(crate) mod tests {
 
     #[test]
     fn without_the_final_merge_the_head_runs_at_stride_16_on_stage_2_width() {
-        let (_vs, m32) = tiny();
+        let (vs32, m32) = tiny();
         let mut cfg = m32.cfg.clone();
         cfg.final_merge = false;
         assert_eq!((cfg.output_stride(), cfg.stage_dim(2), cfg.stage_dim(3)), (16, 32, 32));
@@ -439,7 +439,7 @@ pub(crate) mod tests {
         assert_eq!(t.size(), vec![1, 8, 8, 32]);
         // Fewer parameters than the stride-32 model: no last merge, stage 3 at stage 2's width.
         let n = |vs: &VarStore| vs.trainable_variables().iter().map(|t| t.numel()).sum::<usize>();
-        assert!(n(&vs) < n(&_vs));
+        assert!(n(&vs) < n(&vs32));
     }
 
     #[test]

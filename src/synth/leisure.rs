@@ -17,12 +17,10 @@ impl Builder {
     pub(super) fn sports(&mut self, b: Block) {
         let tennis = self.rng.gen_bool(0.6);
         let (cl, cw) = if tennis { (36.6, 18.3) } else { (32.0, 19.0) };
-        // Surfaces are drawn per court (clay, grass-green, blue and red hard courts side by
-        // side, as in real multi-court grounds), so neighbouring courts can be told apart by
-        // a prompt, as the world's roofs can.
-        // They come from a generator of their own (seeded by the block and the draw that
-        // picked the block's single surface before), so the world's stream — every position
-        // and size after this block — is what it was.
+        // Surfaces are drawn per court, as in real multi-court grounds, so a prompt can tell
+        // neighbouring courts apart as it can roofs. They come from the block's side
+        // generator, seeded by the draw that picked the block's one surface before, so the
+        // world's stream (every later position and size) is unchanged.
         let palette: &[[u8; 3]] = if tennis { &TENNIS_SURFACES } else { &COURT_SURFACES };
         let mut surfaces = super::layout::side_rng(b, self.rng.gen_range(0..3));
         let (nx, ny) =

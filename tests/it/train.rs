@@ -329,8 +329,9 @@ fn chips_with_several_prompts_train_together_and_resume_exactly() {
     soft.model.as_mut().unwrap().insert("final_merge".into(), false.into());
     let s16 = train(&args(soft, &data, dir.path().join("soft16"), false)).unwrap();
     assert!(s16.first_loss.is_finite() && s16.first_loss != s.first_loss);
-    let mj = std::fs::read_to_string(dir.path().join("soft16/last/model.json")).unwrap();
-    assert!(mj.contains("\"final_merge\": false") || mj.contains("\"final_merge\":false"), "{mj}");
+    let mj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("soft16/last/model.json")).unwrap()).unwrap();
+    assert_eq!(mj["final_merge"], false, "{mj}");
 }
 
 #[test]
