@@ -5,19 +5,21 @@
 # trivial centre-box baseline. Usage: deploy/synth_benchmark.sh [DATA_DIR] [RUNS_DIR]
 # Data: 8,000 training prompts on 500 chips (16 per chip, different objects of a chip,
 # mostly of one category: only the prompt tells which is meant), 128 validation and 320
-# test prompts (8 and 20 chips) from other worlds. Needs a release build (deploy/smgeo.sh
+# test prompts (8 and 20 chips) from other worlds; chips at 0.15–0.3 m/px
+# (config/sample_bench.toml). Needs a release build (deploy/smgeo.sh
 # does it). ~50 min on 2 cores (5 of them writing the data, once). Precision: bf16 where
 # the CPU has AVX512-BF16 (1.4× faster there), float32 elsewhere (bf16 is a scalar
 # fallback without it); SMGEO_BENCH_PRECISION overrides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release/smgeo
-data=${1:-.cache/bench/synth9q16}
+data=${1:-.cache/bench/fine9q16}
 runs=${2:-runs/synth_benchmark}
 minutes=${SMGEO_BENCH_MINUTES:-20}
 mkdir -p "$runs"
 precision=${SMGEO_BENCH_PRECISION:-$(grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null && echo bf16 || echo f32)}
-[ -f "$data/manifest.json" ] || $bin synth cvogl --out "$data" --n-train 8000 --n-val 128 --n-test 320 --seed 9 --queries-per-chip 16 > /dev/null
+[ -f "$data/manifest.json" ] || $bin synth cvogl --out "$data" --n-train 8000 --n-val 128 --n-test 320 --seed 9 --queries-per-chip 16 \
+  --sample-config config/sample_bench.toml > /dev/null
 for p in paper release; do
   $bin train --config config/bench_synth.toml --model-preset "$p" --max-minutes "$minutes" \
     --precision "$precision" --data "$data" --out "$runs/$p" --quiet > "$runs/$p.train.json"
