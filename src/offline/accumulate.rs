@@ -26,6 +26,13 @@ impl Default for SizeThresholds {
 }
 
 impl SizeThresholds {
+    /// The thresholds for the same objects in images resized by `f` per side (areas ×
+    /// f²): a model at `input_scale` 0.5 is scored on 512-px chips, and its size buckets
+    /// must hold the boxes that the 1024-px chips' buckets hold.
+    pub fn scaled(self, f: f64) -> Self {
+        SizeThresholds { small_max_area: self.small_max_area * f * f, medium_max_area: self.medium_max_area * f * f }
+    }
+
     /// Bucket name (`small`, `medium`, `large`) of an area in pixels².
     pub fn bucket(&self, area: f64) -> &'static str {
         if area < self.small_max_area {
@@ -297,6 +304,17 @@ mod tests {
         a.merge(&b).unwrap();
         assert_eq!(a.summary(), s);
         assert!(a.merge(&EvalAccumulator::new((512.0, 512.0))).is_err());
+        // The same boxes on a half-size image, with the thresholds scaled to it, land in
+        // the same buckets.
+        let half = |b: BoxXyxy| b.map(|v| v / 2.0);
+        let mut h = EvalAccumulator::with_thresholds((512.0, 512.0), SizeThresholds::default().scaled(0.5));
+        for (gt, pred, cat) in [(small, small, "roof"), (medium, [500.0, 500.0, 552.0, 552.0], "roof"), (large, large, "court")] {
+            h.push(&sample(half(gt), half(pred), cat));
+        }
+        let hs = h.summary();
+        let half_sizes: Vec<(&str, usize, f64)> =
+            hs.by_size.iter().map(|(k, v)| (k.as_str(), v.count, v.pixel_iou.miou)).collect();
+        assert_eq!(half_sizes, sizes);
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["by_size"]["small"]["pixel_iou"]["miou"], 1.0);
         assert_eq!(json["overall"]["release_cell_local_iou"]["count"], 3);

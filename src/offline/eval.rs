@@ -43,7 +43,9 @@ pub struct Prediction {
 pub fn evaluate(model: &Smgeo, ds: &Dataset, o: &EvalOptions) -> Result<(EvalSummaryWithSkips, Vec<Prediction>)> {
     let n = if o.limit > 0 { o.limit.min(ds.len()) } else { ds.len() };
     let hw = ds.sat_hw_scaled();
-    let mut acc = EvalAccumulator::new(hw);
+    // Size buckets of the original chip (boxes are scored in the model's input pixels).
+    let scale = hw.0 / ds.geometry.sat_hw.0 as f64;
+    let mut acc = EvalAccumulator::with_thresholds(hw, super::metrics::SizeThresholds::default().scaled(scale));
     let mut preds = Vec::with_capacity(n);
     let mut skipped = Vec::new();
     // (predicted cell, true cell) by record id, for the prompt-split measure.

@@ -17,7 +17,9 @@
 //!   with COCO's thresholds (32², 96² for images of about 640 px) scaled by
 //!   1024/640 = 1.6 per side for 1024-px satellite images: **small < 51.2² = 2621.44**,
 //!   **medium < 153.6² = 23592.96**, **large** otherwise. At stride 32 that is a box
-//!   below ~1.6 cells square, below ~4.8 cells square, and larger.
+//!   below ~1.6 cells square, below ~4.8 cells square, and larger. A model scored at a
+//!   reduced input size (`input_scale`) uses them scaled to it
+//!   ([`SizeThresholds::scaled`]), so a box keeps its bucket of the 1024-px chip.
 //!
 //! Map inputs are plain `f32` slices of one sample in channel-major (C, H, W) order:
 //! a heatmap of H·W logits and a box map of 4·H·W values (dx, dy, w, h) in cell units.
