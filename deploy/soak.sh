@@ -21,7 +21,7 @@ mosaic = "$PWD/.cache/demo/scene/mosaic.tif"
 checkpoint = "$PWD/.cache/demo/model/best"
 [localiser]
 chip_px = 1024
-chip_gsd_m = 0.5
+chip_gsd_m = 0.25
 [mqtt]
 port = $port
 spool_dir = "$PWD/$out/spool"

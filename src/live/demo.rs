@@ -282,7 +282,11 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<serde_json::Value> {
             stall_timeout_ms: 3000,
         }],
     };
-    std::fs::write(a.cache.join("live.toml"), toml::to_string(&live)?)?;
+    // The copy on disk is for `smgeo run --config .cache/demo/live.toml` / `replay`, which
+    // resolve relative paths against the file's folder: write them absolute.
+    let mut on_disk = live.clone();
+    on_disk.rebase(&std::env::current_dir()?);
+    std::fs::write(a.cache.join("live.toml"), toml::to_string(&on_disk)?)?;
     let prompts = read_prompts(&flight_dir.join("prompts.jsonl"))?;
     let truth: Vec<Truth> = read_jsonl(&flight_dir.join("truth.jsonl"))?;
 
