@@ -159,6 +159,16 @@ fn model_checkpoint(a: &DemoArgs, c: &DemoConfig, scene_dir: &Path) -> anyhow::R
     Ok(best)
 }
 
+/// Write `live` (paths relative to the working directory, as the demo uses it) for
+/// `smgeo run --config FILE` / `replay`, which resolve relative paths against the file's
+/// folder: the paths are written absolute.
+fn write_live_config(live: &LiveConfig, path: &Path) -> anyhow::Result<()> {
+    let mut on_disk = live.clone();
+    on_disk.rebase(&std::env::current_dir()?);
+    std::fs::write(path, toml::to_string(&on_disk)?).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    Ok(())
+}
+
 /// Results drawn on the mosaic: truth footprints green, result footprints yellow, a
 /// line from each result to its truth.
 fn draw_results(mosaic: &Path, targets: &[(String, Target)], truth: &[Truth], out: &Path) -> anyhow::Result<()> {
@@ -282,11 +292,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<serde_json::Value> {
             stall_timeout_ms: 3000,
         }],
     };
-    // The copy on disk is for `smgeo run --config .cache/demo/live.toml` / `replay`, which
-    // resolve relative paths against the file's folder: write them absolute.
-    let mut on_disk = live.clone();
-    on_disk.rebase(&std::env::current_dir()?);
-    std::fs::write(a.cache.join("live.toml"), toml::to_string(&on_disk)?)?;
+    write_live_config(&live, &a.cache.join("live.toml"))?;
     let prompts = read_prompts(&flight_dir.join("prompts.jsonl"))?;
     let truth: Vec<Truth> = read_jsonl(&flight_dir.join("truth.jsonl"))?;
 
@@ -442,5 +448,23 @@ mod tests {
         assert!(c.train_config.exists(), "{}", c.train_config.display());
         crate::offline::train::TrainConfig::from_file(&c.train_config).unwrap();
         assert_eq!(c.flight.camera.width, 960);
+    }
+
+    #[test]
+    fn written_live_config_resolves_to_the_same_files_from_its_own_folder() {
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/live.toml");
+        let mut live = crate::live::config::LiveConfig::from_file(&shipped).unwrap();
+        live.mosaic = "some/scene/mosaic.tif".into();
+        live.model.checkpoint = Some("some/model/best".into());
+        live.mqtt.spool_dir = Some("some/spool".into());
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("live.toml");
+        super::write_live_config(&live, &path).unwrap();
+        let back = crate::live::config::LiveConfig::from_file(&path).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(back.mosaic, cwd.join("some/scene/mosaic.tif"));
+        assert_eq!(back.model.checkpoint, Some(cwd.join("some/model/best")));
+        assert_eq!(back.mqtt.spool_dir, Some(cwd.join("some/spool")));
+        assert_eq!(back.localiser, live.localiser);
     }
 }

@@ -308,7 +308,9 @@ mod tests {
         // the same buckets.
         let half = |b: BoxXyxy| b.map(|v| v / 2.0);
         let mut h = EvalAccumulator::with_thresholds((512.0, 512.0), SizeThresholds::default().scaled(0.5));
-        for (gt, pred, cat) in [(small, small, "roof"), (medium, [500.0, 500.0, 552.0, 552.0], "roof"), (large, large, "court")] {
+        for (gt, pred, cat) in
+            [(small, small, "roof"), (medium, [500.0, 500.0, 552.0, 552.0], "roof"), (large, large, "court")]
+        {
             h.push(&sample(half(gt), half(pred), cat));
         }
         let hs = h.summary();
