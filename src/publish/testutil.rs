@@ -129,6 +129,10 @@ pub struct Subscriber {
     pub client: AsyncClient,
     rx: mpsc::UnboundedReceiver<Msg>,
     task: tokio::task::JoinHandle<()>,
+    /// Connections after the first on which the broker had no session for this client
+    /// (it re-subscribed): messages published before that SUBACK never reach it, which a
+    /// test that counts messages across a broker restart should tell apart from a loss.
+    pub sessions_lost: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Subscriber {
@@ -141,11 +145,20 @@ impl Subscriber {
         let (tx, rx) = mpsc::unbounded_channel();
         let (sub_tx, mut sub_rx) = mpsc::unbounded_channel();
         let (c2, filter) = (client.clone(), filter.to_string());
+        let sessions_lost = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let lost = sessions_lost.clone();
         let task = tokio::spawn(async move {
+            let mut connects = 0usize;
             loop {
                 match el.poll().await {
-                    Ok(Event::Incoming(Incoming::ConnAck(ack))) if !ack.session_present => {
-                        let _ = c2.subscribe(&filter, QoS::AtLeastOnce).await;
+                    Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                        connects += 1;
+                        if !ack.session_present {
+                            if connects > 1 {
+                                lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            let _ = c2.subscribe(&filter, QoS::AtLeastOnce).await;
+                        }
                     }
                     Ok(Event::Incoming(Incoming::SubAck(_))) => {
                         let _ = sub_tx.send(());
@@ -160,7 +173,7 @@ impl Subscriber {
             }
         });
         tokio::time::timeout(Duration::from_secs(5), sub_rx.recv()).await.expect("SUBACK within 5 s");
-        Subscriber { client, rx, task }
+        Subscriber { client, rx, task, sessions_lost }
     }
 
     /// The next message, or `None` after `limit`.
