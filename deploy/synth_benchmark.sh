@@ -7,9 +7,9 @@
 # mostly of one category: only the prompt tells which is meant), 128 validation and 320
 # test prompts (8 and 20 chips) from other worlds; chips at 0.15–0.3 m/px, where targets
 # fill their chips more as CVOGL's do (config/sample_bench.toml). Needs a release build
-# (deploy/smgeo.sh does it). ~50 min on 2 cores (5 of them writing the data, once). Precision: bf16 where
-# the CPU has AVX512-BF16 (1.4× faster there), float32 elsewhere (bf16 is a scalar
-# fallback without it); SMGEO_BENCH_PRECISION overrides.
+# (deploy/smgeo.sh does it). ~50 min on 2 cores (5 of them writing the data, once).
+# Precision: bf16 where the CPU has AVX512-BF16 (1.4× faster there), float32 elsewhere
+# (bf16 is a scalar fallback without it); SMGEO_BENCH_PRECISION overrides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release/smgeo

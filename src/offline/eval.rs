@@ -44,8 +44,7 @@ pub fn evaluate(model: &Smgeo, ds: &Dataset, o: &EvalOptions) -> Result<(EvalSum
     let n = if o.limit > 0 { o.limit.min(ds.len()) } else { ds.len() };
     let hw = ds.sat_hw_scaled();
     // Size buckets of the original chip (boxes are scored in the model's input pixels).
-    let scale = hw.0 / ds.geometry.sat_hw.0 as f64;
-    let mut acc = EvalAccumulator::with_thresholds(hw, super::metrics::SizeThresholds::default().scaled(scale));
+    let mut acc = EvalAccumulator::with_thresholds(hw, super::metrics::SizeThresholds::default().scaled(ds.scale));
     let mut preds = Vec::with_capacity(n);
     let mut skipped = Vec::new();
     // (predicted cell, true cell) by record id, for the prompt-split measure.

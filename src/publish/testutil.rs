@@ -129,9 +129,9 @@ pub struct Subscriber {
     pub client: AsyncClient,
     rx: mpsc::UnboundedReceiver<Msg>,
     task: tokio::task::JoinHandle<()>,
-    /// Connections after the first on which the broker had no session for this client
-    /// (it re-subscribed): messages published before that SUBACK never reach it, which a
-    /// test that counts messages across a broker restart should tell apart from a loss.
+    /// Reconnects on which the broker had lost this client's session (it re-subscribed):
+    /// messages published before that SUBACK never reach it, which a test counting
+    /// messages across a broker restart should tell apart from a loss.
     pub sessions_lost: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -148,17 +148,15 @@ impl Subscriber {
         let sessions_lost = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let lost = sessions_lost.clone();
         let task = tokio::spawn(async move {
-            let mut connects = 0usize;
+            let mut subscribed = false;
             loop {
                 match el.poll().await {
-                    Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                        connects += 1;
-                        if !ack.session_present {
-                            if connects > 1 {
-                                lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            }
-                            let _ = c2.subscribe(&filter, QoS::AtLeastOnce).await;
+                    Ok(Event::Incoming(Incoming::ConnAck(ack))) if !ack.session_present => {
+                        if subscribed {
+                            lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         }
+                        subscribed = true;
+                        let _ = c2.subscribe(&filter, QoS::AtLeastOnce).await;
                     }
                     Ok(Event::Incoming(Incoming::SubAck(_))) => {
                         let _ = sub_tx.send(());
