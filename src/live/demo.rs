@@ -130,15 +130,10 @@ fn model_checkpoint(a: &DemoArgs, c: &DemoConfig, scene_dir: &Path) -> anyhow::R
     if let Some(m) = a.train_minutes {
         config.max_minutes = m;
     }
-    // The demo's budget is wall time: on a CPU that multiplies bf16 natively (AVX512-BF16)
-    // mixed precision fits 1.4× the steps (docs/BENCHMARKS.md, "Precision"). `auto` keeps
-    // meaning float32 on CPU everywhere else; the demo's live path still runs `precision`.
-    if config.precision == crate::model::Precision::Auto
-        && !tch::Cuda::is_available()
-        && crate::model::config::cpu_has_native_bf16()
-    {
-        config.precision = crate::model::Precision::Bf16;
-        eprintln!("  CPU with AVX512-BF16: training in bf16 mixed precision");
+    // `precision = "auto"`: bf16 mixed precision on CUDA and on a CPU with AVX512-BF16,
+    // where it fits 1.4× the steps into the demo's wall-time budget; float32 elsewhere.
+    if config.precision.kind(tch::Device::cuda_if_available()) == tch::Kind::BFloat16 {
+        eprintln!("  training in bf16 mixed precision ({:?})", config.precision);
     }
     eprintln!("  training (budget {:.1} min; progress below)", config.max_minutes);
     let s = crate::offline::train::train(&crate::offline::train::TrainArgs {

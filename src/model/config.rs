@@ -37,7 +37,8 @@ impl std::fmt::Display for Preset {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 on CUDA, float32 on CPU.
+    /// bf16 where the device multiplies bf16 natively (CUDA, or a CPU with AVX512-BF16),
+    /// float32 elsewhere.
     #[default]
     Auto,
     F32,
@@ -49,7 +50,7 @@ impl Precision {
     /// The tensor kind on `dev` (`Auto` resolved).
     pub fn kind(self, dev: tch::Device) -> tch::Kind {
         let kind = match self {
-            Precision::Auto if dev.is_cuda() => tch::Kind::BFloat16,
+            Precision::Auto if dev.is_cuda() || cpu_has_native_bf16() => tch::Kind::BFloat16,
             Precision::Auto | Precision::F32 => tch::Kind::Float,
             Precision::Bf16 => tch::Kind::BFloat16,
             Precision::F16 => tch::Kind::Half,

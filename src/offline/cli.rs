@@ -35,7 +35,7 @@ pub struct TrainCmd {
     /// Override the config's training-time budget in minutes.
     #[arg(long)]
     pub max_minutes: Option<f64>,
-    /// Override the config's compute precision (auto: bf16 on CUDA, f32 on CPU).
+    /// Override the config's compute precision (auto: bf16 on CUDA and on CPUs with AVX512-BF16, f32 elsewhere).
     #[arg(long, value_enum)]
     pub precision: Option<crate::model::Precision>,
     /// Synthetic data: after the first epoch, train on new samples drawn from the
@@ -76,7 +76,7 @@ pub struct EvalCmd {
     pub examples: usize,
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Inference precision (auto: bf16 on CUDA, f32 on CPU).
+    /// Inference precision (auto: bf16 on CUDA and on CPUs with AVX512-BF16, f32 elsewhere).
     #[arg(long, value_enum, default_value_t = crate::model::Precision::Auto)]
     pub precision: crate::model::Precision,
     /// Evaluate the trivial baseline (train-split mean box at the image centre) instead
@@ -169,6 +169,7 @@ pub fn run_eval(c: &EvalCmd) -> anyhow::Result<()> {
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
             "report": report, "overall": summary.summary.overall, "prompt_split": summary.prompt_split,
+            "precision": crate::model::Precision::name_of(m.kind()),
             "skipped": summary.skipped.len(),
             "load_skipped_records": ds.report.skipped.len(),
         }))?

@@ -102,7 +102,7 @@ pub struct TrainConfig {
     pub fresh_samples: bool,
     /// Compute precision (mixed precision: float32 master weights, gradients and
     /// optimiser state; the encoder and head tower compute in this kind). auto: bf16 on
-    /// CUDA, f32 on CPU. f16 is refused (it needs loss scaling; bf16 has float32's range).
+    /// CUDA and on CPUs with AVX512-BF16, f32 elsewhere. f16 is refused (it needs loss scaling; bf16 has float32's range).
     pub precision: crate::model::Precision,
 }
 
@@ -577,7 +577,9 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
     tch::manual_seed(cfg.seed as i64);
     let mut vs = VarStore::new(dev);
     let mut model = Smgeo::new(&vs.root(), &mcfg)?;
-    model.set_compute_kind(Some(cfg.precision.kind(dev)))?;
+    let kind = cfg.precision.kind(dev);
+    model.set_compute_kind(Some(kind))?;
+    tracing::info!("compute precision {} ({:?} on {:?})", crate::model::Precision::name_of(kind), cfg.precision, dev);
     let mut opt;
     let last = a.out.join("last");
     let mut state = if a.resume && last.join("state.json").exists() {

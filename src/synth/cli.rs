@@ -50,6 +50,27 @@ pub struct CvoglArgs {
     pub queries_per_chip: Option<usize>,
 }
 
+impl CvoglArgs {
+    /// A small dataset for tests and quick checks: `n_train` training records and one
+    /// validation record of 1-km worlds, default sampling, 2 threads.
+    pub fn small(out: &std::path::Path, n_train: usize, seed: u64, queries_per_chip: Option<usize>) -> Self {
+        CvoglArgs {
+            out: out.to_path_buf(),
+            n_train,
+            n_val: 1,
+            n_test: 0,
+            seed,
+            dataset: "CVOGL_DroneAerial".into(),
+            world_km: 1.0,
+            threads: Some(2),
+            jpeg_quality: 90,
+            scene: None,
+            sample_config: None,
+            queries_per_chip,
+        }
+    }
+}
+
 /// World seed of a split: each split its own area.
 pub fn split_world_seed(seed: u64, split: &str) -> u64 {
     let k = match split {

@@ -115,20 +115,7 @@ mod tests {
     }
 
     fn synth_dataset(dir: &Path, seed: u64, n_train: usize, queries_per_chip: Option<usize>) {
-        let a = crate::synth::cli::CvoglArgs {
-            out: dir.to_path_buf(),
-            n_train,
-            n_val: 1,
-            n_test: 0,
-            seed,
-            dataset: "CVOGL_DroneAerial".into(),
-            world_km: 1.0,
-            threads: Some(2),
-            jpeg_quality: 90,
-            scene: None,
-            sample_config: None,
-            queries_per_chip,
-        };
+        let a = crate::synth::cli::CvoglArgs::small(dir, n_train, seed, queries_per_chip);
         crate::synth::cli::run_cvogl(&a).unwrap();
     }
 

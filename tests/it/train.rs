@@ -59,20 +59,7 @@ fn write_dataset(root: &Path, n: usize, split: &str) {
 /// A small synthetic CVOGL dataset (`synth cvogl`: `n_train` training records, 1
 /// validation record, 1 km worlds) in `data`.
 fn write_synth(data: &Path, n_train: usize, seed: u64, queries_per_chip: Option<usize>) {
-    let a = smgeo::synth::cli::CvoglArgs {
-        out: data.to_path_buf(),
-        n_train,
-        n_val: 1,
-        n_test: 0,
-        seed,
-        dataset: DS.into(),
-        world_km: 1.0,
-        threads: Some(2),
-        jpeg_quality: 90,
-        scene: None,
-        sample_config: None,
-        queries_per_chip,
-    };
+    let a = smgeo::synth::cli::CvoglArgs::small(data, n_train, seed, queries_per_chip);
     smgeo::synth::cli::run_cvogl(&a).unwrap();
 }
 
