@@ -38,7 +38,7 @@ pub struct BenchModelArgs {
     /// Model config files to measure instead of the presets (variants, ablations).
     #[arg(long)]
     pub config: Vec<std::path::PathBuf>,
-    /// Inference precision (auto: bf16 on CUDA and on CPUs with AVX512-BF16, f32 elsewhere).
+    /// Inference precision (auto: bf16 on CUDA, f32 on CPU).
     #[arg(long, value_enum, default_value_t = model::Precision::Auto)]
     pub precision: model::Precision,
 }

@@ -35,7 +35,7 @@ pub struct PredictArgs {
     pub out: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Inference precision (auto: bf16 on CUDA and on CPUs with AVX512-BF16, f32 elsewhere).
+    /// Inference precision (auto: bf16 on CUDA, f32 on CPU).
     #[arg(long, value_enum, default_value_t = Precision::Auto)]
     pub precision: Precision,
 }

@@ -132,7 +132,7 @@ fn model_checkpoint(a: &DemoArgs, c: &DemoConfig, scene_dir: &Path) -> anyhow::R
     }
     // `precision = "auto"`: bf16 mixed precision on CUDA and on a CPU with AVX512-BF16,
     // where it fits 1.4× the steps into the demo's wall-time budget; float32 elsewhere.
-    if config.precision.kind(tch::Device::cuda_if_available()) == tch::Kind::BFloat16 {
+    if config.precision.train_kind(tch::Device::cuda_if_available()) == tch::Kind::BFloat16 {
         eprintln!("  training in bf16 mixed precision ({:?})", config.precision);
     }
     eprintln!("  training (budget {:.1} min; progress below)", config.max_minutes);

@@ -70,7 +70,7 @@ pub struct LocaliserConfig {
     pub cache_chips: usize,
     /// Cached satellite features, at most this many MiB.
     pub cache_mib: usize,
-    /// Inference precision: auto (bf16 on CUDA and on CPUs with AVX512-BF16, float32 elsewhere), f32, bf16 or f16.
+    /// Inference precision: auto (bf16 on CUDA, float32 on CPU), f32, bf16 or f16.
     pub precision: crate::model::Precision,
     /// Most queries the model service runs in one call, across streams and chips.
     pub batch_max: usize,

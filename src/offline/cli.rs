@@ -35,7 +35,8 @@ pub struct TrainCmd {
     /// Override the config's training-time budget in minutes.
     #[arg(long)]
     pub max_minutes: Option<f64>,
-    /// Override the config's compute precision (auto: bf16 on CUDA and on CPUs with AVX512-BF16, f32 elsewhere).
+    /// Override the config's training precision (auto: bf16 on CUDA and on CPUs with
+    /// AVX512-BF16, f32 elsewhere).
     #[arg(long, value_enum)]
     pub precision: Option<crate::model::Precision>,
     /// Synthetic data: after the first epoch, train on new samples drawn from the
@@ -76,7 +77,7 @@ pub struct EvalCmd {
     pub examples: usize,
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Inference precision (auto: bf16 on CUDA and on CPUs with AVX512-BF16, f32 elsewhere).
+    /// Inference precision (auto: bf16 on CUDA, f32 on CPU).
     #[arg(long, value_enum, default_value_t = crate::model::Precision::Auto)]
     pub precision: crate::model::Precision,
     /// Evaluate the trivial baseline (train-split mean box at the image centre) instead

@@ -102,8 +102,13 @@ pub struct TrainConfig {
     pub fresh_samples: bool,
     /// Compute precision (mixed precision: float32 master weights, gradients and
     /// optimiser state; the encoder and head tower compute in this kind). auto: bf16 on
-    /// CUDA and on CPUs with AVX512-BF16, f32 elsewhere. f16 is refused (it needs loss scaling; bf16 has float32's range).
+    /// CUDA and on CPUs with AVX512-BF16, f32 elsewhere (`Precision::train_kind`). f16 is refused (it needs loss scaling; bf16 has float32's range).
     pub precision: crate::model::Precision,
+    /// Exponential moving average of the weights (0 = off): after every step the average
+    /// moves toward the weights by 1 − d, d = min(ema_decay, (1 + step) / (10 + step)).
+    /// Validation, best selection and `best/` use the average; `last/` keeps the raw
+    /// weights (and the average in `ema.safetensors`) for an exact resume.
+    pub ema_decay: f64,
 }
 
 impl Default for TrainConfig {
@@ -139,6 +144,7 @@ impl Default for TrainConfig {
             loader_threads: 0,
             fresh_samples: false,
             precision: crate::model::Precision::Auto,
+            ema_decay: 0.0,
         }
     }
 }
@@ -162,6 +168,9 @@ impl TrainConfig {
         }
         if self.weight_decay < 0.0 || self.clip_grad_norm < 0.0 || self.warmup_epochs < 0.0 || self.match_loss < 0.0 {
             return bad("weight_decay, clip_grad_norm, warmup_epochs and match_loss must be ≥ 0");
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad("need 0 ≤ ema_decay < 1 (0 = no weight average)");
         }
         if self.precision == crate::model::Precision::F16 {
             return bad("precision = \"f16\" is not supported for training (it needs loss scaling); use bf16");
@@ -368,6 +377,63 @@ pub struct TrainArgs {
     pub progress: bool,
 }
 
+/// Moving average of the trainable weights ([`TrainConfig::ema_decay`]), by name.
+struct Ema {
+    decay: f64,
+    avg: BTreeMap<String, Tensor>,
+}
+
+impl Ema {
+    /// Starts the average at the current weights.
+    fn new(vs: &VarStore, decay: f64) -> Self {
+        let avg = weights::state_dict(vs)
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(k, t)| (k, t.detach().copy()))
+            .collect();
+        Ema { decay, avg }
+    }
+
+    /// One update after optimiser step `step` (0-based).
+    fn update(&mut self, vs: &VarStore, step: i64) {
+        let d = self.decay.min((1.0 + step as f64) / (10.0 + step as f64));
+        let vars = vs.variables();
+        tch::no_grad(|| {
+            for (k, a) in &mut self.avg {
+                if let Some(w) = vars.get(k) {
+                    let _ = a.lerp_(w, 1.0 - d);
+                }
+            }
+        });
+    }
+
+    /// Exchanges the weights with the average (twice = unchanged).
+    fn swap(&mut self, vs: &VarStore) {
+        let mut vars = vs.variables();
+        tch::no_grad(|| {
+            for (k, a) in &mut self.avg {
+                if let Some(w) = vars.get_mut(k) {
+                    let tmp = w.detach().copy();
+                    w.copy_(a);
+                    a.copy_(&tmp);
+                }
+            }
+        });
+    }
+
+    /// Loads a saved average; every averaged weight must be there with its shape.
+    fn load(&mut self, path: &Path) -> Result<()> {
+        let saved = weights::read_safetensors(path)?;
+        for (k, a) in &mut self.avg {
+            let t = saved.get(k).filter(|t| t.size() == a.size()).ok_or_else(|| {
+                OfflineError::Checkpoint(format!("{}: no average for {k} of its shape", path.display()))
+            })?;
+            tch::no_grad(|| a.copy_(t));
+        }
+        Ok(())
+    }
+}
+
 fn ckpt_err(e: impl std::fmt::Display) -> OfflineError {
     OfflineError::Checkpoint(e.to_string())
 }
@@ -384,6 +450,15 @@ fn save_dir(dir: &Path, vs: &VarStore, opt: Option<&AdamW>, state: &TrainState) 
     std::fs::write(dir.join("model.json"), model_json).map_err(|e| OfflineError::Io { path: dir.into(), source: e })?;
     let st = serde_json::to_string_pretty(state).map_err(ckpt_err)?;
     std::fs::write(dir.join("state.json"), st).map_err(|e| OfflineError::Io { path: dir.into(), source: e })
+}
+
+/// `last/`: raw weights, optimiser state and, with a weight average, `ema.safetensors`.
+fn save_last(dir: &Path, vs: &VarStore, opt: &AdamW, ema: Option<&Ema>, state: &TrainState) -> Result<()> {
+    save_dir(dir, vs, Some(opt), state)?;
+    if let Some(e) = ema {
+        weights::write_safetensors(&e.avg, &BTreeMap::new(), &dir.join("ema.safetensors"))?;
+    }
+    Ok(())
 }
 
 /// Summary printed at the end of a run.
@@ -577,10 +652,11 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
     tch::manual_seed(cfg.seed as i64);
     let mut vs = VarStore::new(dev);
     let mut model = Smgeo::new(&vs.root(), &mcfg)?;
-    let kind = cfg.precision.kind(dev);
+    let kind = cfg.precision.train_kind(dev);
     model.set_compute_kind(Some(kind))?;
     tracing::info!("compute precision {} ({:?} on {:?})", crate::model::Precision::name_of(kind), cfg.precision, dev);
     let mut opt;
+    let mut ema: Option<Ema> = None;
     let last = a.out.join("last");
     let mut state = if a.resume && last.join("state.json").exists() {
         let st: TrainState = serde_json::from_slice(
@@ -598,6 +674,16 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
         weights::load_file(&vs, &last.join("weights.safetensors"), true)?;
         opt = AdamW::new(&vs);
         opt.load_state(&weights::read_safetensors(&last.join("optim.safetensors"))?, st.global_step)?;
+        if cfg.ema_decay > 0.0 {
+            let mut e = Ema::new(&vs, cfg.ema_decay);
+            let p = last.join("ema.safetensors");
+            if p.exists() {
+                e.load(&p)?;
+            } else {
+                tracing::warn!("{}: no weight average saved; it restarts from the weights", p.display());
+            }
+            ema = Some(e);
+        }
         tracing::info!(epoch = st.epoch, step = st.global_step, "resumed from {}", last.display());
         st
     } else {
@@ -618,6 +704,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             );
         }
         opt = AdamW::new(&vs);
+        ema = (cfg.ema_decay > 0.0).then(|| Ema::new(&vs, cfg.ema_decay));
         TrainState {
             epoch: 0,
             batch_in_epoch: 0,
@@ -731,6 +818,9 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             state.epoch_parts = (sum_hm, sum_box);
             seen += n_samples;
             chips += loaded.len();
+            if let Some(e) = &mut ema {
+                e.update(&vs, state.global_step);
+            }
             state.global_step += 1;
             state.batch_in_epoch = b + 1;
             if let Some(pb) = &bar {
@@ -749,7 +839,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
                 break;
             }
             if cfg.checkpoint_every > 0 && state.global_step as usize % cfg.checkpoint_every == 0 {
-                save_dir(&last, &vs, Some(&opt), &state)?;
+                save_last(&last, &vs, &opt, ema.as_ref(), &state)?;
             }
         }
         // Epoch end, or the step/time budget's end inside the epoch (a budget-limited run
@@ -766,6 +856,11 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
         }
         if let Some(val) = &val_ds {
             let opts = EvalOptions { batch: cfg.batch, limit: cfg.limit_val, device: dev, examples: 0 };
+            // With a weight average, validation and `best/` see the average (an error
+            // below ends the run before anything else is saved).
+            if let Some(e) = &mut ema {
+                e.swap(&vs);
+            }
             let (summary, _) = evaluate(&model, val, &opts)?;
             let acc = summary.overall.pixel_iou.acc_at_0_5;
             entry["val"] = serde_json::to_value(&summary.overall).map_err(ckpt_err)?;
@@ -776,6 +871,9 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
                 state.best_epoch = Some(epoch);
                 save_dir(&a.out.join("best"), &vs, None, &state)?;
             }
+            if let Some(e) = &mut ema {
+                e.swap(&vs);
+            }
             if let Some(pb) = &bar {
                 pb.println(format!("epoch {epoch}: val acc@0.5 {:.4} mIoU {:.4}", acc, summary.overall.pixel_iou.miou));
             }
@@ -785,7 +883,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             state.epoch += 1;
             state.batch_in_epoch = 0;
         }
-        save_dir(&last, &vs, Some(&opt), &state)?;
+        save_last(&last, &vs, &opt, ema.as_ref(), &state)?;
     }
     if let Some(pb) = bar {
         pb.finish();
@@ -863,5 +961,27 @@ mod tests {
         let mut other = AdamW::new(&vs);
         other.load_state(&st, 2).unwrap();
         assert_eq!(other.t, opt.t);
+    }
+
+    #[test]
+    fn weight_average_follows_its_decay_and_swaps_back() {
+        let vs = VarStore::new(Device::Cpu);
+        let mut w = vs.root().var_copy("w", &Tensor::from_slice(&[1f32, 2.0]));
+        let mut ema = Ema::new(&vs, 0.9);
+        let val = |t: &Tensor| Vec::<f32>::try_from(t).unwrap();
+        tch::no_grad(|| w.copy_(&Tensor::from_slice(&[11f32, 2.0])));
+        // Step 0: d = min(0.9, 1/10) = 0.1, the average moves 90 % of the way.
+        ema.update(&vs, 0);
+        assert_eq!(val(&ema.avg["w"]), vec![10.0, 2.0]);
+        // Late steps: d = 0.9.
+        tch::no_grad(|| w.copy_(&Tensor::from_slice(&[20f32, 12.0])));
+        ema.update(&vs, 1000);
+        let a = val(&ema.avg["w"]);
+        assert!((a[0] - 11.0).abs() < 1e-5 && (a[1] - 3.0).abs() < 1e-5, "{a:?}");
+        // The weights and the average trade places, and back.
+        ema.swap(&vs);
+        assert_eq!((val(&w), val(&ema.avg["w"])), (a.clone(), vec![20.0, 12.0]));
+        ema.swap(&vs);
+        assert_eq!((val(&w), val(&ema.avg["w"])), (vec![20.0, 12.0], a));
     }
 }

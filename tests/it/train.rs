@@ -232,6 +232,45 @@ fn loader_threads_do_not_change_what_is_trained() {
     }
 }
 
+/// A weight average (`ema_decay`): `best/` holds the average that validation saw, `last/`
+/// the raw weights and the average, and a resumed run matches an uninterrupted one in both.
+#[test]
+fn weight_average_is_validated_saved_and_resumed_exactly() {
+    let _rng = crate::common::torch_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, 4, "train");
+    write_dataset(&data, 3, "val");
+    let run = |out: &str, steps: usize, resume: bool| {
+        let config = TrainConfig { ema_decay: 0.9, ..tiny_config(steps) };
+        train(&args(config, &data, dir.path().join(out), resume)).unwrap()
+    };
+    let read = |r: &str, f: &str| smgeo::model::weights::read_safetensors(&dir.path().join(r).join(f)).unwrap();
+    // One step, one epoch: the first validation always makes `best/`.
+    assert_eq!(run("one", 1, false).best_epoch, Some(0));
+    let (raw, avg, best) = (
+        read("one", "last/weights.safetensors"),
+        read("one", "last/ema.safetensors"),
+        read("one", "best/weights.safetensors"),
+    );
+    assert!(!avg.is_empty());
+    assert!(avg.iter().any(|(k, t)| !t.equal(&raw[k])), "the average equals the weights");
+    for (k, t) in &avg {
+        assert!(t.equal(&best[k]), "best/ does not hold the average for {k}");
+    }
+    // Resume: the weights and the average both continue exactly.
+    run("a", 6, false);
+    run("b", 3, false);
+    assert_eq!(run("b", 6, true).steps, 6);
+    for f in ["last/weights.safetensors", "last/ema.safetensors", "best/weights.safetensors"] {
+        let (wa, wb) = (read("a", f), read("b", f));
+        assert_eq!(wa.len(), wb.len());
+        for (k, t) in &wa {
+            assert!(t.equal(&wb[k]), "{f}: {k} differs after resume");
+        }
+    }
+}
+
 /// `fresh_samples`: epochs after the first train on new samples from the synthetic
 /// training world; the run differs from one that repeats the files, and resumes exactly.
 #[test]
