@@ -504,6 +504,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn auto_precision_is_float32_for_cpu_inference_and_native_bf16_for_training() {
+        let cpu = tch::Device::Cpu;
+        assert_eq!(Precision::Auto.kind(cpu), tch::Kind::Float);
+        let native = if cpu_has_native_bf16() { tch::Kind::BFloat16 } else { tch::Kind::Float };
+        assert_eq!(Precision::Auto.train_kind(cpu), native);
+        for (p, k) in [(Precision::F32, tch::Kind::Float), (Precision::Bf16, tch::Kind::BFloat16)] {
+            assert_eq!((p.kind(cpu), p.train_kind(cpu)), (k, k), "{p:?} is forced in both");
+        }
+    }
+
+    #[test]
     fn golden_tiny_config_section_is_accepted() {
         let v: serde_json::Value = serde_json::from_str(
             r#"{"tiny_config": {"embed_dim": 8, "patch_size": 4, "window_size": 4,
