@@ -102,7 +102,8 @@ pub struct TrainConfig {
     pub fresh_samples: bool,
     /// Compute precision (mixed precision: float32 master weights, gradients and
     /// optimiser state; the encoder and head tower compute in this kind). auto: bf16 on
-    /// CUDA and on CPUs with AVX512-BF16, f32 elsewhere (`Precision::train_kind`). f16 is refused (it needs loss scaling; bf16 has float32's range).
+    /// CUDA and on CPUs with AVX512-BF16, f32 elsewhere (`Precision::train_kind`). f16 is
+    /// refused (it needs loss scaling; bf16 has float32's range).
     pub precision: crate::model::Precision,
     /// Exponential moving average of the weights (0 = off): after every step the average
     /// moves toward the weights by 1 − d, d = min(ema_decay, (1 + step) / (10 + step)).
@@ -381,42 +382,36 @@ pub struct TrainArgs {
 struct Ema {
     decay: f64,
     avg: BTreeMap<String, Tensor>,
+    /// The averaged variables themselves (handles on the store's tensors), in `avg`'s order.
+    weights: Vec<Tensor>,
 }
 
 impl Ema {
     /// Starts the average at the current weights.
     fn new(vs: &VarStore, decay: f64) -> Self {
-        let avg = weights::state_dict(vs)
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .map(|(k, t)| (k, t.detach().copy()))
-            .collect();
-        Ema { decay, avg }
+        let trainable: BTreeMap<String, Tensor> =
+            weights::state_dict(vs).into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let avg = trainable.iter().map(|(k, t)| (k.clone(), t.detach().copy())).collect();
+        Ema { decay, avg, weights: trainable.into_values().collect() }
     }
 
     /// One update after optimiser step `step` (0-based).
-    fn update(&mut self, vs: &VarStore, step: i64) {
+    fn update(&mut self, step: i64) {
         let d = self.decay.min((1.0 + step as f64) / (10.0 + step as f64));
-        let vars = vs.variables();
         tch::no_grad(|| {
-            for (k, a) in &mut self.avg {
-                if let Some(w) = vars.get(k) {
-                    let _ = a.lerp_(w, 1.0 - d);
-                }
+            for (a, w) in self.avg.values_mut().zip(&self.weights) {
+                let _ = a.lerp_(w, 1.0 - d);
             }
         });
     }
 
     /// Exchanges the weights with the average (twice = unchanged).
-    fn swap(&mut self, vs: &VarStore) {
-        let mut vars = vs.variables();
+    fn swap(&mut self) {
         tch::no_grad(|| {
-            for (k, a) in &mut self.avg {
-                if let Some(w) = vars.get_mut(k) {
-                    let tmp = w.detach().copy();
-                    w.copy_(a);
-                    a.copy_(&tmp);
-                }
+            for (a, w) in self.avg.values_mut().zip(&mut self.weights) {
+                let tmp = w.detach().copy();
+                w.copy_(a);
+                a.copy_(&tmp);
             }
         });
     }
@@ -656,9 +651,9 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
     model.set_compute_kind(Some(kind))?;
     tracing::info!("compute precision {} ({:?} on {:?})", crate::model::Precision::name_of(kind), cfg.precision, dev);
     let mut opt;
-    let mut ema: Option<Ema> = None;
     let last = a.out.join("last");
-    let mut state = if a.resume && last.join("state.json").exists() {
+    let resuming = a.resume && last.join("state.json").exists();
+    let mut state = if resuming {
         let st: TrainState = serde_json::from_slice(
             &std::fs::read(last.join("state.json")).map_err(|e| OfflineError::Io { path: last.clone(), source: e })?,
         )
@@ -674,16 +669,6 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
         weights::load_file(&vs, &last.join("weights.safetensors"), true)?;
         opt = AdamW::new(&vs);
         opt.load_state(&weights::read_safetensors(&last.join("optim.safetensors"))?, st.global_step)?;
-        if cfg.ema_decay > 0.0 {
-            let mut e = Ema::new(&vs, cfg.ema_decay);
-            let p = last.join("ema.safetensors");
-            if p.exists() {
-                e.load(&p)?;
-            } else {
-                tracing::warn!("{}: no weight average saved; it restarts from the weights", p.display());
-            }
-            ema = Some(e);
-        }
         tracing::info!(epoch = st.epoch, step = st.global_step, "resumed from {}", last.display());
         st
     } else {
@@ -704,7 +689,6 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             );
         }
         opt = AdamW::new(&vs);
-        ema = (cfg.ema_decay > 0.0).then(|| Ema::new(&vs, cfg.ema_decay));
         TrainState {
             epoch: 0,
             batch_in_epoch: 0,
@@ -721,6 +705,16 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             epoch_parts: (0.0, 0.0),
         }
     };
+    // The weight average starts at the weights as loaded; a resumed run continues its own.
+    let mut ema = (cfg.ema_decay > 0.0).then(|| Ema::new(&vs, cfg.ema_decay));
+    if let (Some(e), true) = (&mut ema, resuming) {
+        let p = last.join("ema.safetensors");
+        if p.exists() {
+            e.load(&p)?;
+        } else {
+            tracing::warn!("{}: no weight average saved; it restarts from the weights", p.display());
+        }
+    }
     let n_train = if cfg.limit_train > 0 { cfg.limit_train.min(train_ds.len()) } else { train_ds.len() };
     if n_train == 0 {
         return Err(OfflineError::Config(format!("{}: no training samples", train_ds.report.path.display())));
@@ -819,7 +813,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             seen += n_samples;
             chips += loaded.len();
             if let Some(e) = &mut ema {
-                e.update(&vs, state.global_step);
+                e.update(state.global_step);
             }
             state.global_step += 1;
             state.batch_in_epoch = b + 1;
@@ -859,7 +853,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
             // With a weight average, validation and `best/` see the average (an error
             // below ends the run before anything else is saved).
             if let Some(e) = &mut ema {
-                e.swap(&vs);
+                e.swap();
             }
             let (summary, _) = evaluate(&model, val, &opts)?;
             let acc = summary.overall.pixel_iou.acc_at_0_5;
@@ -872,7 +866,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainSummary> {
                 save_dir(&a.out.join("best"), &vs, None, &state)?;
             }
             if let Some(e) = &mut ema {
-                e.swap(&vs);
+                e.swap();
             }
             if let Some(pb) = &bar {
                 pb.println(format!("epoch {epoch}: val acc@0.5 {:.4} mIoU {:.4}", acc, summary.overall.pixel_iou.miou));
@@ -971,17 +965,17 @@ mod tests {
         let val = |t: &Tensor| Vec::<f32>::try_from(t).unwrap();
         tch::no_grad(|| w.copy_(&Tensor::from_slice(&[11f32, 2.0])));
         // Step 0: d = min(0.9, 1/10) = 0.1, the average moves 90 % of the way.
-        ema.update(&vs, 0);
+        ema.update(0);
         assert_eq!(val(&ema.avg["w"]), vec![10.0, 2.0]);
         // Late steps: d = 0.9.
         tch::no_grad(|| w.copy_(&Tensor::from_slice(&[20f32, 12.0])));
-        ema.update(&vs, 1000);
+        ema.update(1000);
         let a = val(&ema.avg["w"]);
         assert!((a[0] - 11.0).abs() < 1e-5 && (a[1] - 3.0).abs() < 1e-5, "{a:?}");
         // The weights and the average trade places, and back.
-        ema.swap(&vs);
+        ema.swap();
         assert_eq!((val(&w), val(&ema.avg["w"])), (a.clone(), vec![20.0, 12.0]));
-        ema.swap(&vs);
+        ema.swap();
         assert_eq!((val(&w), val(&ema.avg["w"])), (vec![20.0, 12.0], a));
     }
 }

@@ -63,6 +63,14 @@ fn write_synth(data: &Path, n_train: usize, seed: u64, queries_per_chip: Option<
     smgeo::synth::cli::run_cvogl(&a).unwrap();
 }
 
+/// A 4-sample training and 3-sample validation split (`write_dataset`) in `dir/data`.
+fn tiny_data(dir: &Path) -> std::path::PathBuf {
+    let data = dir.join("data");
+    write_dataset(&data, 4, "train");
+    write_dataset(&data, 3, "val");
+    data
+}
+
 /// Arguments of a quiet training run on `data` (the dataset `DS`).
 fn args(config: TrainConfig, data: &Path, out: std::path::PathBuf, resume: bool) -> TrainArgs {
     TrainArgs { config, data: data.to_path_buf(), dataset: DS.into(), out, resume, progress: false }
@@ -122,9 +130,7 @@ fn a_budget_ending_inside_an_epoch_still_validates_and_selects_a_best_checkpoint
 fn loss_falls_and_resume_is_exact() {
     let _rng = crate::common::torch_rng();
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    write_dataset(&data, 4, "train");
-    write_dataset(&data, 3, "val");
+    let data = tiny_data(dir.path());
     let run = |out: &str, steps: usize, resume: bool| {
         train(&args(tiny_config(steps), &data, dir.path().join(out), resume)).unwrap()
     };
@@ -238,9 +244,7 @@ fn loader_threads_do_not_change_what_is_trained() {
 fn weight_average_is_validated_saved_and_resumed_exactly() {
     let _rng = crate::common::torch_rng();
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    write_dataset(&data, 4, "train");
-    write_dataset(&data, 3, "val");
+    let data = tiny_data(dir.path());
     let run = |out: &str, steps: usize, resume: bool| {
         let config = TrainConfig { ema_decay: 0.9, ..tiny_config(steps) };
         train(&args(config, &data, dir.path().join(out), resume)).unwrap()
@@ -364,9 +368,7 @@ fn chips_with_several_prompts_train_together_and_resume_exactly() {
 fn bf16_mixed_precision_trains_float32_master_weights() {
     let _rng = crate::common::torch_rng();
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    write_dataset(&data, 4, "train");
-    write_dataset(&data, 3, "val");
+    let data = tiny_data(dir.path());
     let run = |out: &str, precision| {
         let mut config = tiny_config(8);
         config.precision = precision;
