@@ -41,6 +41,9 @@ pub struct BenchModelArgs {
     /// Inference precision (auto: bf16 on CUDA, f32 on CPU).
     #[arg(long, value_enum, default_value_t = model::Precision::Auto)]
     pub precision: model::Precision,
+    /// In a reduced precision, the patch embeds and this many first stages keep float32.
+    #[arg(long, default_value_t = model::DEFAULT_F32_STAGES)]
+    pub f32_stages: usize,
 }
 
 fn parse_hw(s: &str) -> std::result::Result<(i64, i64), String> {
@@ -86,7 +89,7 @@ pub fn bench_model(a: &BenchModelArgs) -> Result<Value> {
     for (label, cfg) in cfgs {
         tch::manual_seed(0);
         let (mut vs, m) = build(&cfg, dev)?;
-        m.set_precision(&mut vs, a.precision.kind(dev))?;
+        m.set_precision_with(&mut vs, a.precision.kind(dev), a.f32_stages)?;
         let q = Tensor::randn([a.batch, 4, a.query.0, a.query.1], (Kind::Float, dev));
         let s = Tensor::randn([a.batch, 3, a.sat.0, a.sat.1], (Kind::Float, dev));
         let full = time_ms(dev, a.runs, a.warmup, || {
@@ -135,6 +138,7 @@ pub fn bench_model(a: &BenchModelArgs) -> Result<Value> {
         "threads": tch::get_num_threads(),
         "batch": a.batch,
         "precision": model::Precision::name_of(a.precision.kind(dev)),
+        "f32_stages": reduced_f32_stages(a.precision.kind(dev), a.f32_stages),
         "query_hw": [a.query.0, a.query.1],
         "sat_hw": [a.sat.0, a.sat.1],
         "warmup": a.warmup,
@@ -207,6 +211,11 @@ pub struct BenchTrainArgs {
     /// Compute precision (overrides the config's).
     #[arg(long, value_enum)]
     pub precision: Option<model::Precision>,
+    /// Prompts on each chip: a step encodes `batch` chips once each and trains all
+    /// their prompts, as `smgeo train` does on data with several prompts per chip (up to
+    /// the config's `max_queries_per_chip`; the synthetic benchmark has 16).
+    #[arg(long, default_value_t = 1)]
+    pub queries_per_chip: usize,
 }
 
 /// Peak and current resident set size of this process (bytes), from /proc.
@@ -224,12 +233,13 @@ fn rss_bytes() -> (Option<u64>, Option<u64>) {
 
 /// `smgeo bench train`: optimisation steps of a training configuration on CVOGL-sized
 /// inputs (DroneAerial: query 256², satellite 1024², times the model's `input_scale`).
-/// The batch is made of random images with one target box each and goes through the
-/// same preprocessing (`collate`) and step (`train_step`: forward, targets, loss,
+/// The batch is `batch` random chips with `queries_per_chip` random queries each, one
+/// target box per query, and goes through the same preprocessing (`collate_groups`) and
+/// step (`train_step`: forward, targets, loss,
 /// backward, clipping, AdamW) as `smgeo train`; JPEG decoding and augmentation are not
 /// included (they run per sample and are reported by `smgeo train` in its samples/s).
 pub fn bench_train(a: &BenchTrainArgs) -> anyhow::Result<Value> {
-    use crate::offline::dataset::{collate, Sample};
+    use crate::offline::dataset::{collate_groups, Sample};
     use crate::offline::train::{lr_at, train_step, AdamW, TrainConfig};
     use rand::{Rng, SeedableRng};
     let mut cfg = TrainConfig::from_file(&a.config)?;
@@ -251,8 +261,9 @@ pub fn bench_train(a: &BenchTrainArgs) -> anyhow::Result<Value> {
     let mcfg = cfg.model_config()?;
     tch::manual_seed(cfg.seed as i64);
     let (vs, mut m) = build(&mcfg, dev)?;
-    m.set_compute_kind(Some(cfg.precision.kind(dev)))?;
+    m.set_compute_kind(Some(cfg.precision.train_kind(dev)))?;
     let mut opt = AdamW::new(&vs);
+    let qpc = a.queries_per_chip.max(1);
     let sc = |n: u32| ((n as f64 * mcfg.input_scale).round() as u32).max(32);
     let (qs, ss) = (sc(256), sc(1024));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -260,26 +271,34 @@ pub fn bench_train(a: &BenchTrainArgs) -> anyhow::Result<Value> {
         let v: Vec<u8> = (0..w * h * 3).map(|_| rng.gen()).collect();
         image::RgbImage::from_raw(w, h, v).expect("buffer of w·h·3 bytes")
     };
-    let samples: Vec<Sample> = (0..cfg.batch)
-        .map(|i| {
-            let (x, y, side) = (ss as f64 * 0.3, ss as f64 * 0.4, ss as f64 * 0.06 * (1 + i % 3) as f64);
-            Sample {
-                id: i as i64,
-                query: noise(qs, qs),
-                sat: noise(ss, ss),
-                click: (qs as f64 / 2.0, qs as f64 / 2.0),
-                bbox: [x, y, x + side, y + side * 0.7],
-                category: "bench".into(),
-            }
+    let groups: Vec<Vec<Sample>> = (0..cfg.batch)
+        .map(|g| {
+            let sat = noise(ss, ss);
+            (0..qpc)
+                .map(|k| {
+                    let i = g * qpc + k;
+                    let (x, y) = (ss as f64 * (0.1 + 0.05 * (k % 12) as f64), ss as f64 * 0.4);
+                    let side = ss as f64 * 0.06 * (1 + i % 3) as f64;
+                    Sample {
+                        id: i as i64,
+                        query: noise(qs, qs),
+                        sat: sat.clone(),
+                        click: (qs as f64 / 2.0, qs as f64 / 2.0),
+                        bbox: [x, y, x + side, y + side * 0.7],
+                        category: "bench".into(),
+                    }
+                })
+                .collect()
         })
         .collect();
+    let group_refs: Vec<&[Sample]> = groups.iter().map(|g| g.as_slice()).collect();
     let (rss_peak_before, _) = rss_bytes();
     let mut collate_ms = Vec::new();
     let mut step_ms = Vec::new();
     let mut losses = Vec::new();
     for k in 0..a.warmup + a.steps.max(1) {
         let t = Instant::now();
-        let batch = collate(&samples, dev)?;
+        let batch = collate_groups(&group_refs, dev)?;
         model::synchronize(dev);
         let tc = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
@@ -305,17 +324,19 @@ pub fn bench_train(a: &BenchTrainArgs) -> anyhow::Result<Value> {
         "precision": model::Precision::name_of(m.compute_kind()),
         "params": model::count_params(&vs),
         "batch": cfg.batch,
+        "queries_per_chip": qpc,
         "query_hw": [qs, qs],
         "sat_hw": [ss, ss],
         "input_scale": mcfg.input_scale,
         "step_ms": step_ms,
         "collate_ms": collate_ms,
-        "samples_per_s": cfg.batch as f64 * 1e3 / per_batch_ms,
+        "samples_per_s": (cfg.batch * qpc) as f64 * 1e3 / per_batch_ms,
+        "chips_per_s": cfg.batch as f64 * 1e3 / per_batch_ms,
         "peak_rss_bytes": rss_peak,
         "peak_rss_bytes_before_training": rss_peak_before,
         "rss_bytes_after": rss_now,
         "losses": losses,
-        "note": "random images; excludes JPEG decoding and augmentation; peak RSS is host memory of the whole process",
+        "note": "random images; samples = prompts (batch × queries_per_chip); excludes JPEG decoding and augmentation; peak RSS is host memory of the whole process",
     }))
 }
 
@@ -341,10 +362,22 @@ pub struct BenchPrecisionArgs {
     /// The reduced precision compared with float32.
     #[arg(long, value_enum, default_value_t = model::Precision::Bf16)]
     pub precision: model::Precision,
+    /// The patch embeds and this many first stages keep float32 in the reduced precision.
+    #[arg(long, default_value_t = model::DEFAULT_F32_STAGES)]
+    pub f32_stages: usize,
     #[arg(long, default_value = "auto")]
     pub device: String,
     #[arg(long)]
     pub threads: Option<i32>,
+}
+
+/// Float32 stages of a model in `kind` (none when `kind` is float32 itself).
+fn reduced_f32_stages(kind: Kind, f32_stages: usize) -> usize {
+    if kind == Kind::Float {
+        0
+    } else {
+        f32_stages
+    }
 }
 
 /// `smgeo bench precision`: the same weights in float32 and in a reduced precision on
@@ -362,7 +395,7 @@ pub fn bench_precision(a: &BenchPrecisionArgs) -> anyhow::Result<Value> {
     let (wpath, cfg) = crate::offline::cli::weights_and_config(&a.weights, &a.model)?;
     let low_kind = a.precision.kind(dev);
     let (_v32, m32) = crate::weights_cli::load_for_inference(&cfg, &wpath, dev, model::Precision::F32)?;
-    let (_vlo, mlo) = crate::weights_cli::load_for_inference(&cfg, &wpath, dev, a.precision)?;
+    let (_vlo, mlo) = crate::weights_cli::load_for_inference_with(&cfg, &wpath, dev, a.precision, a.f32_stages)?;
     let mut ds = Dataset::open(&a.data, &a.dataset, &a.split, false)?;
     ds.scale = cfg.input_scale;
     let n = if a.limit > 0 { a.limit.min(ds.len()) } else { ds.len() };
@@ -432,6 +465,7 @@ pub fn bench_precision(a: &BenchPrecisionArgs) -> anyhow::Result<Value> {
         "weights": wpath.display().to_string(),
         "preset": cfg.preset.to_string(),
         "precision": model::Precision::name_of(low_kind),
+        "f32_stages": reduced_f32_stages(low_kind, a.f32_stages),
         "samples": count,
         "skipped": skipped.len(),
         "same_argmax_cell": same_cell as f64 / count as f64,

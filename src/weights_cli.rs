@@ -142,16 +142,30 @@ pub fn run(cmd: &WeightsCmd) -> Result<()> {
 }
 
 /// Build a model, load `weights` (strict) and put it in `precision` on `dev`: what
-/// every inference command (predict, eval, run, replay, bench) starts from.
+/// every inference command (predict, eval, run, replay, bench) starts from. A reduced
+/// precision keeps the patch embeds and the first [`model::DEFAULT_F32_STAGES`] stages
+/// in float32.
 pub fn load_for_inference(
     cfg: &ModelConfig,
     weights_path: &std::path::Path,
     dev: Device,
     precision: model::Precision,
 ) -> Result<(VarStore, Smgeo)> {
+    load_for_inference_with(cfg, weights_path, dev, precision, model::DEFAULT_F32_STAGES)
+}
+
+/// [`load_for_inference`] with `f32_stages` float32 stages in a reduced precision
+/// ([`Smgeo::set_precision_with`]).
+pub fn load_for_inference_with(
+    cfg: &ModelConfig,
+    weights_path: &std::path::Path,
+    dev: Device,
+    precision: model::Precision,
+    f32_stages: usize,
+) -> Result<(VarStore, Smgeo)> {
     let (mut vs, m) = build(cfg, dev)?;
     weights::load_file(&vs, weights_path, true)?;
-    m.set_precision(&mut vs, precision.kind(dev))?;
+    m.set_precision_with(&mut vs, precision.kind(dev), f32_stages)?;
     Ok((vs, m))
 }
 

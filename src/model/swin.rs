@@ -305,6 +305,11 @@ pub struct Ctx<'a> {
     /// Kind the attention, MLP and expert matmuls run in; the residual stream and the
     /// norms stay float32 (as under `torch.autocast`).
     pub kind: Kind,
+    /// The kind comes from the weights (inference, [`crate::model::Smgeo::set_precision`]):
+    /// then the patch embeds and each stage compute in the kind of their own weights, so
+    /// that the float32 stages of a reduced-precision model stay float32. False under a
+    /// mixed-precision compute kind (training), where `kind` holds everywhere.
+    pub kind_from_weights: bool,
     pub train: bool,
     pub branch: &'a str,
     pub moe_calls: &'a mut Vec<MoeCall>,
@@ -429,6 +434,13 @@ pub struct Stage {
     pool: Option<ExpertPool>,
 }
 
+impl Stage {
+    /// Kind of the stage's weights (its first block's attention); None without blocks.
+    fn kind(&self) -> Option<Kind> {
+        self.blocks.first().map(|b| b.attn.in_proj_weight.kind())
+    }
+}
+
 /// Both patch embeds, the four shared stages, the merges and the optional final norm.
 #[derive(Debug)]
 pub struct Backbone {
@@ -512,6 +524,12 @@ impl Backbone {
         true
     }
 
+    /// Kind of the encoder's reduced-precision weights: that of the last stage with
+    /// blocks (the first stages may keep float32, [`crate::model::Smgeo::set_precision_with`]).
+    pub fn kind(&self) -> Kind {
+        self.stages.iter().rev().find_map(Stage::kind).unwrap_or_else(|| self.sat_embed.kind())
+    }
+
     /// Encode one branch: `x` (B, C_in, H, W) → last-stage tokens (B, H/s, W/s, C3), s the
     /// output stride (32, or 16 without the final merge)
     /// (final norm applied when configured). MoE calls are appended to `ctx.moe_calls`.
@@ -521,9 +539,14 @@ impl Backbone {
             Branch::Query => &self.query_embed,
             Branch::Sat => &self.sat_embed,
         };
+        let base = ctx.kind;
+        let weights_kind = ctx.kind_from_weights;
+        let kind_of = |k: Option<Kind>| if weights_kind { k.unwrap_or(base) } else { base };
+        ctx.kind = kind_of(Some(embed.kind()));
         let mut t = embed.forward(&as_kind(x, ctx.kind));
         ctx.trace.put(&format!("inter.{bn}_patch_embed"), || flat(&t));
         for (i, stage) in self.stages.iter().enumerate() {
+            ctx.kind = kind_of(stage.kind());
             for blk in &stage.blocks {
                 t = blk.forward(&t, stage.pool.as_ref(), ctx);
             }
@@ -533,6 +556,7 @@ impl Backbone {
                 ctx.trace.put(&format!("inter.{bn}_down{i}_out"), || flat(&t));
             }
         }
+        ctx.kind = base;
         match &self.norm {
             Some(n) => n.forward_f32(&t),
             None => t,
