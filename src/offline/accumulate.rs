@@ -59,6 +59,9 @@ pub struct EvalSample<'a> {
     pub gt_cell: (usize, usize),
     /// Release cell-local IoU if computed ([`super::metrics::release_cell_local_iou`]).
     pub cell_local_iou: Option<f64>,
+    /// Further breakdowns this sample belongs to, as (breakdown, bucket): e.g. the view
+    /// geometry of synthetic data (`("chip_over_query", "2–4")`). Empty for none.
+    pub tags: &'a [(&'static str, String)],
 }
 
 /// acc@0.25, acc@0.5 (IoU > τ) and mean IoU over `count` samples (all 0 when empty).
@@ -93,6 +96,10 @@ pub struct EvalSummary {
     pub by_category: BTreeMap<String, GroupSummary>,
     /// Keys `small`, `medium`, `large` (only those with samples).
     pub by_size: BTreeMap<String, GroupSummary>,
+    /// Breakdowns given by the samples' tags ([`EvalSample::tags`]): breakdown → bucket →
+    /// metrics. Absent when no sample carried a tag.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_view: BTreeMap<String, BTreeMap<String, GroupSummary>>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -169,6 +176,7 @@ pub struct EvalAccumulator {
     overall: GroupSums,
     by_category: BTreeMap<String, GroupSums>,
     by_size: BTreeMap<&'static str, GroupSums>,
+    by_tag: BTreeMap<&'static str, BTreeMap<String, GroupSums>>,
 }
 
 impl EvalAccumulator {
@@ -185,6 +193,7 @@ impl EvalAccumulator {
             overall: GroupSums::default(),
             by_category: BTreeMap::new(),
             by_size: BTreeMap::new(),
+            by_tag: BTreeMap::new(),
         }
     }
 
@@ -197,6 +206,9 @@ impl EvalAccumulator {
         self.overall.add(iou, s.cell_local_iou, same);
         self.by_category.entry(s.category.to_owned()).or_default().add(iou, s.cell_local_iou, same);
         self.by_size.entry(self.thresholds.bucket(area)).or_default().add(iou, s.cell_local_iou, same);
+        for (k, v) in s.tags {
+            self.by_tag.entry(k).or_default().entry(v.clone()).or_default().add(iou, s.cell_local_iou, same);
+        }
         iou
     }
 
@@ -216,6 +228,12 @@ impl EvalAccumulator {
         for (k, v) in &other.by_size {
             self.by_size.entry(k).or_default().merge(v);
         }
+        for (k, m) in &other.by_tag {
+            let mine = self.by_tag.entry(k).or_default();
+            for (b, v) in m {
+                mine.entry(b.clone()).or_default().merge(v);
+            }
+        }
         Ok(())
     }
 
@@ -231,6 +249,11 @@ impl EvalAccumulator {
             overall: self.overall.summary(),
             by_category: self.by_category.iter().map(|(k, v)| (k.clone(), v.summary())).collect(),
             by_size: self.by_size.iter().map(|(k, v)| ((*k).to_owned(), v.summary())).collect(),
+            by_view: self
+                .by_tag
+                .iter()
+                .map(|(k, m)| ((*k).to_owned(), m.iter().map(|(b, v)| (b.clone(), v.summary())).collect()))
+                .collect(),
         }
     }
 }
@@ -258,6 +281,7 @@ mod tests {
                 pred_cell: (0, 0),
                 gt_cell: (0, 0),
                 cell_local_iou: None,
+                tags: &[],
             });
         }
         let s = acc.summary().overall;
@@ -270,6 +294,8 @@ mod tests {
     #[test]
     fn breakdowns_by_category_and_size() {
         let mut acc = EvalAccumulator::new(IMG_1024);
+        let (low, high) = ([("pitch", "low".to_string())], [("pitch", "high".to_string())]);
+        let tags = |cat: &str| if cat == "court" { &high[..] } else { &low[..] };
         let sample = |gt: BoxXyxy, pred: BoxXyxy, cat| EvalSample {
             pred_box: pred,
             gt_box: gt,
@@ -277,6 +303,7 @@ mod tests {
             pred_cell: (1, 1),
             gt_cell: (1, 2),
             cell_local_iou: Some(0.9),
+            tags: tags(cat),
         };
         let small = [0.0, 0.0, 50.0, 50.0]; // 2500 < 2621.44
         let medium = [0.0, 0.0, 52.0, 52.0]; // 2704
@@ -295,6 +322,11 @@ mod tests {
         let sizes: Vec<(&str, usize, f64)> =
             s.by_size.iter().map(|(k, v)| (k.as_str(), v.count, v.pixel_iou.miou)).collect();
         assert_eq!(sizes, [("large", 1, 1.0), ("medium", 1, 0.0), ("small", 1, 1.0)]);
+        // Tags group the samples again: the two roofs (IoU 1 and 0) are "low", the court "high".
+        let pitch: Vec<(&str, usize, f64)> =
+            s.by_view["pitch"].iter().map(|(k, v)| (k.as_str(), v.count, v.pixel_iou.miou)).collect();
+        assert_eq!(pitch, [("high", 1, 1.0), ("low", 2, 0.5)]);
+        assert_eq!(s.by_view.len(), 1);
         // Merging equals pushing everything into one accumulator.
         let mut a = EvalAccumulator::new(IMG_1024);
         a.push(&sample(small, small, "roof"));

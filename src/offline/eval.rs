@@ -14,6 +14,8 @@ use super::metrics::{release_cell_local_iou, EvalAccumulator, EvalSample, EvalSu
 use super::plot;
 use super::{OfflineError, Result};
 use crate::model::{decode, loss, Smgeo, Trace};
+use crate::synth::cli::views_file_name;
+use crate::synth::cvogl::ViewRecord;
 
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -49,6 +51,7 @@ pub fn evaluate(model: &Smgeo, ds: &Dataset, o: &EvalOptions) -> Result<(EvalSum
     let mut skipped = Vec::new();
     // (predicted cell, true cell) by record id, for the prompt-split measure.
     let mut cells_by_id: std::collections::HashMap<i64, ((usize, usize), (usize, usize))> = Default::default();
+    let tags = view_tags(ds)?;
     let mut i = 0;
     while i < n {
         let samples = ds.next_batch(&mut i, n, o.batch, &mut skipped);
@@ -80,6 +83,7 @@ pub fn evaluate(model: &Smgeo, ds: &Dataset, o: &EvalOptions) -> Result<(EvalSum
                 pred_cell: (d.cell.0 as usize, d.cell.1 as usize),
                 gt_cell: cl.gt_cell,
                 cell_local_iou: Some(cl.iou),
+                tags: tags.get(&s.id).map_or(&[], |t| t.as_slice()),
             });
             let picture = (preds.len() < o.examples).then(|| example_picture(s, pred_box, &out.heatmap.get(k as i64)));
             preds.push(Prediction {
@@ -100,6 +104,59 @@ pub fn evaluate(model: &Smgeo, ds: &Dataset, o: &EvalOptions) -> Result<(EvalSum
         .collect();
     let prompt_split = prompt_split(&groups);
     Ok((EvalSummaryWithSkips { summary: acc.summary(), skipped, prompt_split }, preds))
+}
+
+/// Breakdown tags by record id from a synthetic split's view records
+/// ([`crate::synth::cvogl::ViewRecord`], `<dataset>_<split>_views.jsonl` beside the
+/// split's `.pth`, written by `smgeo synth cvogl`): the target's size in the chip over its
+/// size in the query, the camera pitch and heading, and the same-category objects in
+/// the chip. Empty when the file is absent (real CVOGL); a malformed line is an error
+/// naming the file and line.
+pub fn view_tags(ds: &Dataset) -> Result<std::collections::HashMap<i64, Vec<(&'static str, String)>>> {
+    let path = ds.dir().join(views_file_name(&ds.name, &ds.split));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(OfflineError::Io { path, source: e }),
+    };
+    let mut out = std::collections::HashMap::new();
+    for (k, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: ViewRecord = serde_json::from_str(line).map_err(|e| OfflineError::BadInput {
+            what: "view records",
+            reason: format!("{} line {}: {e}", path.display(), k + 1),
+        })?;
+        out.insert(v.id, view_buckets(&v));
+    }
+    Ok(out)
+}
+
+/// The buckets of one view record (see [`view_tags`]).
+pub fn view_buckets(v: &ViewRecord) -> Vec<(&'static str, String)> {
+    let ratio = match v.chip_over_query {
+        r if r <= 0.0 => "unknown",
+        r if r < 1.0 => "0–1",
+        r if r < 2.0 => "1–2",
+        r if r < 4.0 => "2–4",
+        _ => "4+",
+    };
+    let pitch = match v.pitch_deg {
+        p if p < 60.0 => "<60°",
+        p if p < 75.0 => "60–75°",
+        _ => "75–90°",
+    };
+    let quadrant = ["N", "E", "S", "W"][(((v.heading_deg.rem_euclid(360.0) + 45.0) / 90.0) as usize) % 4];
+    let same = match v.same_category_in_chip {
+        0 => "0",
+        1..=2 => "1–2",
+        3..=5 => "3–5",
+        _ => "6+",
+    };
+    vec![
+        ("chip_over_query", ratio.to_owned()),
+        ("pitch", pitch.to_owned()),
+        ("heading", quadrant.to_owned()),
+        ("same_category_in_chip", same.to_owned()),
+    ]
 }
 
 /// Does the prompt change the answer? Over pairs of prompts on one satellite chip whose
@@ -204,6 +261,11 @@ pub fn write_report(dir: &Path, title: &str, s: &EvalSummaryWithSkips, preds: &[
     for (k, g) in &s.summary.by_size {
         md += &row(&format!("size: {k}"), g);
     }
+    for (view, buckets) in &s.summary.by_view {
+        for (k, g) in buckets {
+            md += &row(&format!("{view}: {k}"), g);
+        }
+    }
     if let Some(p) = &s.prompt_split {
         md += &format!(
             "\nPrompt split: {:.1} % of {} prompt pairs on a shared chip with targets in different cells were \
@@ -211,6 +273,12 @@ pub fn write_report(dir: &Path, title: &str, s: &EvalSummaryWithSkips, preds: &[
             100.0 * p.split,
             p.pairs
         );
+    }
+    if !s.summary.by_view.is_empty() {
+        md += "\nView rows (synthetic data): chip_over_query is the target's size in the satellite \
+               chip over its size in the drone query (both in the written images' pixels); pitch \
+               is the camera's angle below the horizon; heading the quadrant the camera faces; \
+               same_category_in_chip the other objects of the target's category in the chip.\n";
     }
     md += "\nPixel IoU (DetGeo's definition) is the metric to compare; the release cell-local \
            metric ignores where the box is (SMGEO_SPEC §8.1) and is shown only for comparison \
@@ -251,6 +319,9 @@ pub fn centre_baseline(train: &Dataset, test: &Dataset, limit: usize) -> EvalSum
     let pred = [(w - mw) / 2.0, (h - mh) / 2.0, (w + mw) / 2.0, (h + mh) / 2.0];
     let mut acc = EvalAccumulator::new((h, w));
     let take = if limit > 0 { limit.min(test.records.len()) } else { test.records.len() };
+    // The view breakdown of a synthetic split is a convenience here: a broken file only
+    // drops it (the model evaluation reports the error).
+    let tags = view_tags(test).unwrap_or_default();
     for r in &test.records[..take] {
         let cell = |x: f64, y: f64| ((y / 32.0) as usize, (x / 32.0) as usize);
         acc.push(&EvalSample {
@@ -260,6 +331,7 @@ pub fn centre_baseline(train: &Dataset, test: &Dataset, limit: usize) -> EvalSum
             pred_cell: cell(w / 2.0, h / 2.0),
             gt_cell: cell((r.bbox[0] + r.bbox[2]) / 2.0, (r.bbox[1] + r.bbox[3]) / 2.0),
             cell_local_iou: None,
+            tags: tags.get(&r.id).map_or(&[], |t| t.as_slice()),
         });
     }
     EvalSummaryWithSkips { summary: acc.summary(), skipped: vec![], prompt_split: None }

@@ -336,6 +336,7 @@ mod tests {
                 pred_cell: d.cell,
                 gt_cell: cl[i].gt_cell,
                 cell_local_iou: Some(cl[i].iou),
+                tags: &[],
             });
             assert!(close(iou, f64::from(ref_pix[i]), 1e-5), "{i}: {iou}");
         }

@@ -130,6 +130,12 @@ pub(crate) fn scene_world(dir: &Path) -> anyhow::Result<World> {
     }
 }
 
+/// File name of a split's view records ([`super::cvogl::ViewRecord`], one JSON object
+/// per line), in the dataset folder beside the split's `.pth`.
+pub fn views_file_name(dataset: &str, split: &str) -> String {
+    format!("{dataset}_{split}_views.jsonl")
+}
+
 pub fn run_cvogl(a: &CvoglArgs) -> anyhow::Result<serde_json::Value> {
     let cfg = match &a.sample_config {
         Some(p) => {
@@ -190,6 +196,7 @@ pub fn run_cvogl(a: &CvoglArgs) -> anyhow::Result<serde_json::Value> {
                 }
                 let qf = format!("{id:06}_q.jpg");
                 save_jpeg(&s.query, &dir.join("query").join(&qf), a.jpeg_quality)?;
+                let view = s.view_record(id);
                 let rec = CvoglRecord {
                     id,
                     query_file: qf,
@@ -200,7 +207,7 @@ pub fn run_cvogl(a: &CvoglArgs) -> anyhow::Result<serde_json::Value> {
                     polygon: s.polygon,
                     category: s.category,
                 };
-                recs.push((rec, s.same_category_in_chip));
+                recs.push((rec, view));
             }
             Ok(recs)
         });
@@ -208,17 +215,22 @@ pub fn run_cvogl(a: &CvoglArgs) -> anyhow::Result<serde_json::Value> {
         let mut recs = Vec::with_capacity(n);
         let mut cats: std::collections::BTreeMap<String, usize> = Default::default();
         let mut same = 0usize;
+        let mut views = String::new();
         for w in written {
-            for (rec, same_in_chip) in w? {
+            for (rec, view) in w? {
                 *cats.entry(rec.category.clone()).or_default() += 1;
-                same += usize::from(same_in_chip >= 1);
+                same += usize::from(view.same_category_in_chip >= 1);
+                views += &serde_json::to_string(&view)?;
+                views.push('\n');
                 recs.push(rec);
             }
         }
         let path = write_split(&a.out, &a.dataset, split, &recs)?;
+        let views_path = dir.join(views_file_name(&a.dataset, split));
+        std::fs::write(&views_path, views).map_err(|e| anyhow::anyhow!("writing {}: {e}", views_path.display()))?;
         manifest["splits"][split] = serde_json::json!({
             "n": recs.len(), "chips": n_chips, "world_seed": wseed, "sample_seed": sample_seed, "file": path, "categories": cats,
-            "with_same_category_distractor": same,
+            "with_same_category_distractor": same, "views": views_path,
         });
         tracing::info!(split, n = recs.len(), "written");
     }

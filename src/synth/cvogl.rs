@@ -165,12 +165,62 @@ pub struct SynthSample {
     pub object_id: u64,
     /// Other objects of `category` lying fully inside the chip.
     pub same_category_in_chip: usize,
+    /// Larger side of the target's outline in the query, px (its projected footprint; 0
+    /// when part of it is outside the image).
+    pub target_query_px: f64,
     /// North-west corner of the chip (m, world frame).
     pub chip_origin_m: (f64, f64),
     pub gsd_m: f64,
     pub camera: Camera,
     pub sat_appearance: Appearance,
     pub drone_appearance: Appearance,
+}
+
+/// How a sample's two views relate: what makes it easy or hard, for breaking results
+/// down (`smgeo synth cvogl` writes one per record to `synth_views_<split>.jsonl`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ViewRecord {
+    /// CVOGL record id.
+    pub id: i64,
+    pub object_id: u64,
+    pub category: String,
+    /// Other objects of the category fully inside the chip.
+    pub same_category_in_chip: usize,
+    /// Chip ground sampling distance, m/px.
+    pub chip_gsd_m: f64,
+    /// Drone camera height above ground (m), heading (° from north), pitch (° below the
+    /// horizon), horizontal field of view (°).
+    pub altitude_m: f64,
+    pub heading_deg: f64,
+    pub pitch_deg: f64,
+    pub hfov_deg: f64,
+    /// Larger side of the target in the query and in the chip, px of the written images.
+    pub target_query_px: f64,
+    pub target_chip_px: f64,
+    /// `target_chip_px / target_query_px`: how much larger the chip draws the target than
+    /// the query does (0 when the query size is unknown).
+    pub chip_over_query: f64,
+}
+
+impl SynthSample {
+    /// This sample's [`ViewRecord`] under record id `id`.
+    pub fn view_record(&self, id: i64) -> ViewRecord {
+        let chip_px = (self.bbox[2] - self.bbox[0]).max(self.bbox[3] - self.bbox[1]);
+        ViewRecord {
+            id,
+            object_id: self.object_id,
+            category: self.category.clone(),
+            same_category_in_chip: self.same_category_in_chip,
+            chip_gsd_m: self.gsd_m,
+            altitude_m: self.camera.z,
+            heading_deg: self.camera.heading_deg,
+            pitch_deg: self.camera.pitch_deg,
+            hfov_deg: self.camera.hfov_deg,
+            target_query_px: self.target_query_px,
+            target_chip_px: chip_px,
+            chip_over_query: if self.target_query_px > 0.0 { chip_px / self.target_query_px } else { 0.0 },
+        }
+    }
 }
 
 /// Targets that fit the config, grouped by category (sorted by name).
@@ -284,6 +334,9 @@ impl Chip {
         let to_px = |p: &P2| ortho_world_to_pixel(self.origin.0, self.origin.1, self.gsd, p.0, p.1);
         let ring_px: Vec<P2> = obj.footprint[0].iter().map(to_px).collect();
         let b = bbox_of(ring_px.iter()).unwrap_or([0.0; 4]);
+        let in_query: Option<Vec<P2>> = obj.footprint[0].iter().map(|p| camera.project([p.0, p.1, 0.0])).collect();
+        let target_query_px =
+            in_query.as_ref().and_then(|q| bbox_of(q.iter())).map_or(0.0, |q| (q[2] - q[0]).max(q[3] - q[1]));
         SynthSample {
             query: render_perspective(world, &drone_appearance, &camera),
             sat: self.sat.clone(),
@@ -293,6 +346,7 @@ impl Chip {
             category: obj.category.clone(),
             object_id: obj.id,
             same_category_in_chip: same,
+            target_query_px,
             chip_origin_m: self.origin,
             gsd_m: self.gsd,
             camera,
@@ -627,6 +681,15 @@ mod tests {
         let fallback = |s: &SynthSample| s.camera.pitch_deg == 90.0;
         assert!(samples.iter().filter(|s| !fallback(s)).all(|s| extent(s) >= 9.6));
         assert!(samples.iter().filter(|s| !fallback(s)).count() >= 30, "the fallback should be rare");
+        // The view record carries the same extent, and the chip's over it.
+        for (i, s) in samples.iter().enumerate() {
+            let v = s.view_record(i as i64);
+            assert!((v.target_query_px - extent(s)).abs() < 1e-9, "{} vs {}", v.target_query_px, extent(s));
+            let chip = (s.bbox[2] - s.bbox[0]).max(s.bbox[3] - s.bbox[1]);
+            assert_eq!((v.id, v.target_chip_px), (i as i64, chip));
+            assert!((v.chip_over_query * v.target_query_px - chip).abs() < 1e-9);
+            assert_eq!((v.altitude_m, v.pitch_deg, v.chip_gsd_m), (s.camera.z, s.camera.pitch_deg, s.gsd_m));
+        }
         // Without the minimum, some targets are smaller (high, wide, oblique views).
         let free = SampleConfig { min_query_frac: 0.0, ..small_cfg() };
         let all: Vec<_> = generate_split(&w, 5, 40, &free).unwrap().into_iter().map(|s| s.unwrap()).collect();

@@ -341,6 +341,39 @@ fn chips_with_several_prompts_train_together_and_resume_exactly() {
     for (k, t) in &wf {
         assert!(t.equal(&wr[k]), "{k} differs after resume");
     }
+    // The generator's view records: one per record of each split, by id, and `eval`
+    // breaks its metrics down by them.
+    let views = |split: &str| -> Vec<serde_json::Value> {
+        let name = smgeo::synth::cli::views_file_name(DS, split);
+        let text = std::fs::read_to_string(data.join(DS).join(name)).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let ids: Vec<i64> = views("train").iter().map(|v| v["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, [0, 1, 2, 3, 4]);
+    assert!(views("train").iter().all(|v| v["chip_over_query"].as_f64().unwrap() > 0.0));
+    assert_eq!(views("val").len(), 1);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smgeo"))
+        .args(["eval", "--weights"])
+        .arg(dir.path().join("full/last"))
+        .arg("--data")
+        .arg(&data)
+        .args(["--split", "train", "--device", "cpu", "--examples", "0", "--out"])
+        .arg(dir.path().join("report"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = std::fs::read_to_string(dir.path().join("report/metrics.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&metrics).unwrap();
+    assert_eq!(v["overall"]["count"], 5);
+    let by_view = v["by_view"].as_object().unwrap();
+    let keys: Vec<&str> = by_view.keys().map(|k| k.as_str()).collect();
+    assert_eq!(keys, ["chip_over_query", "heading", "pitch", "same_category_in_chip"]);
+    for (k, buckets) in by_view {
+        let n: u64 = buckets.as_object().unwrap().values().map(|g| g["count"].as_u64().unwrap()).sum();
+        assert_eq!(n, 5, "{k}: every record in one bucket");
+    }
+    let md = std::fs::read_to_string(dir.path().join("report/report.md")).unwrap();
+    assert!(md.contains("| pitch: "), "{md}");
     // the matching loss (0.5 × focal on the fusion similarity) is part of the first loss
     let mut plain = tiny_config(1);
     (plain.batch, plain.limit_train, plain.augment) = (1, 0, true);
