@@ -49,8 +49,12 @@ pub enum Precision {
 
 impl Precision {
     /// The inference kind on `dev` (`Auto` resolved). `Auto` stays float32 on a CPU even
-    /// with AVX512-BF16: there bf16 kept the argmax cell of the benchmark's paper model on
-    /// 98.3 % of 1,600 test prompts, short of the 99 % asked of reduced precision.
+    /// with AVX512-BF16. There bf16 (with the patch embeds and stage 0 in float32,
+    /// [`crate::model::DEFAULT_F32_STAGES`]) keeps the argmax cell of the synthetic
+    /// benchmark's paper models on 99.2–99.3 % of 1,600 test prompts and runs the
+    /// CVOGL-size paper forward 1.4× faster, but the small live models' batch-1 queries
+    /// 10–20 % slower (bf16 ↔ float32 conversions outweigh the smaller matmuls): opt in
+    /// with `--precision bf16` where the model is large (docs/BENCHMARKS.md).
     pub fn kind(self, dev: tch::Device) -> tch::Kind {
         self.resolve(dev, dev.is_cuda())
     }
