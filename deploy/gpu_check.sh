@@ -5,7 +5,9 @@
 #   golden_cuda.jsonl   every golden tensor of the release preset on CUDA vs the official code
 #   bench_model_{f32,bf16,f16}.json   forward latency, both presets, CVOGL sizes, batch 1
 #   bench_model_bf16_b8.json          the same at batch 8 (throughput)
+#   bench_model_bf16_all.json         bf16 with every stage reduced (--f32-stages 0; default keeps stage 0 float32)
 #   bench_train_{f32,bf16}.json       training step throughput and memory, paper preset, batch 8
+#   bench_train_synth_q16.json        the synthetic benchmark's config: 8 chips × 16 prompts per step
 #   train.json / eval.json   a short fresh-sample training (bf16 mixed precision) of the synthetic benchmark
 #   precision_{bf16,f16}.json         the trained model in bf16/f16 vs float32 on the test split
 # Budget: about 8 minutes; TRAIN_MIN (default 3) sets the training part. Knobs for a smoke
@@ -33,10 +35,13 @@ for p in f32 bf16 f16; do
   timeout 120 $bin bench model --device "$DEV" --runs "${RUNS:-20}" --warmup 3 --precision $p > "$OUT/bench_model_$p.json" 2>> "$log"
 done
 timeout 120 $bin bench model --device "$DEV" --runs "${RUNS:-20}" --warmup 3 --precision bf16 --batch 8 > "$OUT/bench_model_bf16_b8.json" 2>> "$log"
+timeout 120 $bin bench model --device "$DEV" --runs "${RUNS:-20}" --warmup 3 --precision bf16 --f32-stages 0 > "$OUT/bench_model_bf16_all.json" 2>> "$log"
 step "bench train"
 for p in f32 bf16; do
   timeout 120 $bin bench train --device "$DEV" --batch "${TRAIN_BATCH:-8}" --steps 5 --warmup 2 --precision $p > "$OUT/bench_train_$p.json" 2>> "$log"
 done
+timeout 120 $bin bench train --device "$DEV" --config config/bench_synth.toml --batch "${TRAIN_BATCH:-8}" --queries-per-chip 16 \
+  --steps 5 --warmup 2 > "$OUT/bench_train_synth_q16.json" 2>> "$log"
 step "fresh-sample training of the synthetic benchmark"
 d=/tmp/smgeo-data
 $bin synth cvogl --out $d --n-train "${N_TRAIN:-400}" --n-val 60 --n-test 150 --seed 7 --threads "$(nproc)" > /dev/null 2>> "$log"
