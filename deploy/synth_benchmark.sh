@@ -18,12 +18,15 @@ bin=target/release/smgeo
 data=${1:-.cache/bench/fine9q16t1600}
 runs=${2:-runs/synth_benchmark}
 minutes=${SMGEO_BENCH_MINUTES:-20}
+# The cosine schedule's length: 6 epochs fill 20 minutes here; scale it with the budget
+# (e.g. SMGEO_BENCH_MINUTES=48 SMGEO_BENCH_EPOCHS=12, docs/BENCHMARKS.md).
+epochs=${SMGEO_BENCH_EPOCHS:-6}
 mkdir -p "$runs"
 precision=${SMGEO_BENCH_PRECISION:-auto}
 [ -f "$data/manifest.json" ] || $bin synth cvogl --out "$data" --n-train 8000 --n-val 512 --n-test 1600 --seed 9 --queries-per-chip 16 \
   --sample-config config/sample_bench.toml > /dev/null
 for p in paper release; do
-  $bin train --config config/bench_synth.toml --model-preset "$p" --max-minutes "$minutes" \
+  $bin train --config config/bench_synth.toml --model-preset "$p" --max-minutes "$minutes" --epochs "$epochs" \
     --precision "$precision" --data "$data" --out "$runs/$p" --quiet > "$runs/$p.train.json"
   $bin eval --weights "$runs/$p/best" --data "$data" --split test --precision "$precision" --out "$runs/$p/eval" > "$runs/$p.eval.json"
 done

@@ -35,6 +35,10 @@ pub struct TrainCmd {
     /// Override the config's training-time budget in minutes.
     #[arg(long)]
     pub max_minutes: Option<f64>,
+    /// Override the config's epochs (the length of the learning-rate schedule): with a
+    /// larger time budget, more epochs let the schedule use it.
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Override the config's training precision (auto: bf16 on CUDA and on CPUs with
     /// AVX512-BF16, f32 elsewhere).
     #[arg(long, value_enum)]
@@ -105,6 +109,9 @@ pub fn run_train(c: &TrainCmd) -> anyhow::Result<()> {
     }
     if let Some(m) = c.max_minutes {
         config.max_minutes = m;
+    }
+    if let Some(e) = c.epochs {
+        config.epochs = e;
     }
     if let Some(p) = c.precision {
         config.precision = p;

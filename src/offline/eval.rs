@@ -51,7 +51,7 @@ pub fn evaluate(model: &Smgeo, ds: &Dataset, o: &EvalOptions) -> Result<(EvalSum
     let mut skipped = Vec::new();
     // (predicted cell, true cell) by record id, for the prompt-split measure.
     let mut cells_by_id: std::collections::HashMap<i64, ((usize, usize), (usize, usize))> = Default::default();
-    let tags = view_tags(ds)?;
+    let tags = view_tags_or_warn(ds);
     let mut i = 0;
     while i < n {
         let samples = ds.next_batch(&mut i, n, o.batch, &mut skipped);
@@ -128,6 +128,15 @@ pub fn view_tags(ds: &Dataset) -> Result<std::collections::HashMap<i64, Vec<(&'s
         out.insert(v.id, view_buckets(&v));
     }
     Ok(out)
+}
+
+/// [`view_tags`], or none with a warning when the file is unreadable: the view breakdown
+/// is an extra, and a damaged file should not cost the evaluation.
+fn view_tags_or_warn(ds: &Dataset) -> std::collections::HashMap<i64, Vec<(&'static str, String)>> {
+    view_tags(ds).unwrap_or_else(|e| {
+        tracing::warn!("no breakdown by view: {e}");
+        Default::default()
+    })
 }
 
 /// The buckets of one view record (see [`view_tags`]).
@@ -319,9 +328,7 @@ pub fn centre_baseline(train: &Dataset, test: &Dataset, limit: usize) -> EvalSum
     let pred = [(w - mw) / 2.0, (h - mh) / 2.0, (w + mw) / 2.0, (h + mh) / 2.0];
     let mut acc = EvalAccumulator::new((h, w));
     let take = if limit > 0 { limit.min(test.records.len()) } else { test.records.len() };
-    // The view breakdown of a synthetic split is a convenience here: a broken file only
-    // drops it (the model evaluation reports the error).
-    let tags = view_tags(test).unwrap_or_default();
+    let tags = view_tags_or_warn(test);
     for r in &test.records[..take] {
         let cell = |x: f64, y: f64| ((y / 32.0) as usize, (x / 32.0) as usize);
         acc.push(&EvalSample {

@@ -374,6 +374,28 @@ fn chips_with_several_prompts_train_together_and_resume_exactly() {
     }
     let md = std::fs::read_to_string(dir.path().join("report/report.md")).unwrap();
     assert!(md.contains("| pitch: "), "{md}");
+    // A damaged view file names its line, and costs only the breakdown.
+    let vpath = data.join(DS).join(smgeo::synth::cli::views_file_name(DS, "train"));
+    let mut text = std::fs::read_to_string(&vpath).unwrap();
+    text += "{\"id\": 5, \"truncated\n";
+    std::fs::write(&vpath, text).unwrap();
+    let ds = smgeo::offline::dataset::Dataset::open(&data, DS, "train", false).unwrap();
+    let e = smgeo::offline::eval::view_tags(&ds).unwrap_err().to_string();
+    assert!(e.contains("line 6"), "{e}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smgeo"))
+        .args(["eval", "--weights"])
+        .arg(dir.path().join("full/last"))
+        .arg("--data")
+        .arg(&data)
+        .args(["--split", "train", "--device", "cpu", "--examples", "0", "--out"])
+        .arg(dir.path().join("report2"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no breakdown by view"));
+    let metrics = std::fs::read_to_string(dir.path().join("report2/metrics.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&metrics).unwrap();
+    assert_eq!((v["overall"]["count"].as_u64(), v.get("by_view")), (Some(5), None));
     // the matching loss (0.5 × focal on the fusion similarity) is part of the first loss
     let mut plain = tiny_config(1);
     (plain.batch, plain.limit_train, plain.augment) = (1, 0, true);
