@@ -180,12 +180,9 @@ impl Smgeo {
         // the most tokens in the least channels: rounding there moved the argmax cell of
         // near-ties (docs/BENCHMARKS.md, "Float32 where bf16 moves the answer").
         let f32_stage = |name: &str| {
-            f32_stages > 0 && name.starts_with("backbone.patch_embeds.")
-                || (0..f32_stages).any(|i| {
-                    name.strip_prefix("backbone.stages.")
-                        .or_else(|| name.strip_prefix("backbone.downsamples."))
-                        .is_some_and(|rest| rest.split('.').next() == Some(i.to_string().as_str()))
-                })
+            let stage = name.strip_prefix("backbone.stages.").or_else(|| name.strip_prefix("backbone.downsamples."));
+            let index = stage.and_then(|rest| rest.split('.').next()?.parse::<usize>().ok());
+            f32_stages > 0 && name.starts_with("backbone.patch_embeds.") || index.is_some_and(|i| i < f32_stages)
         };
         let keep = |name: &str| {
             name.starts_with("head.") || name.starts_with("fusion.") || name.contains(".ffn.gate.") || f32_stage(name)

@@ -352,18 +352,24 @@ fn chips_with_several_prompts_train_together_and_resume_exactly() {
     assert_eq!(ids, [0, 1, 2, 3, 4]);
     assert!(views("train").iter().all(|v| v["chip_over_query"].as_f64().unwrap() > 0.0));
     assert_eq!(views("val").len(), 1);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smgeo"))
-        .args(["eval", "--weights"])
-        .arg(dir.path().join("full/last"))
-        .arg("--data")
-        .arg(&data)
-        .args(["--split", "train", "--device", "cpu", "--examples", "0", "--out"])
-        .arg(dir.path().join("report"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let metrics = std::fs::read_to_string(dir.path().join("report/metrics.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&metrics).unwrap();
+    // `smgeo eval` of the trained model on the training split into `report`: (stderr,
+    // metrics.json).
+    let eval_train = |report: &str| -> (String, serde_json::Value) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smgeo"))
+            .args(["eval", "--weights"])
+            .arg(dir.path().join("full/last"))
+            .arg("--data")
+            .arg(&data)
+            .args(["--split", "train", "--device", "cpu", "--examples", "0", "--out"])
+            .arg(dir.path().join(report))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let metrics = std::fs::read_to_string(dir.path().join(report).join("metrics.json")).unwrap();
+        (stderr, serde_json::from_str(&metrics).unwrap())
+    };
+    let (_, v) = eval_train("report");
     assert_eq!(v["overall"]["count"], 5);
     let by_view = v["by_view"].as_object().unwrap();
     let keys: Vec<&str> = by_view.keys().map(|k| k.as_str()).collect();
@@ -382,19 +388,8 @@ fn chips_with_several_prompts_train_together_and_resume_exactly() {
     let ds = smgeo::offline::dataset::Dataset::open(&data, DS, "train", false).unwrap();
     let e = smgeo::offline::eval::view_tags(&ds).unwrap_err().to_string();
     assert!(e.contains("line 6"), "{e}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smgeo"))
-        .args(["eval", "--weights"])
-        .arg(dir.path().join("full/last"))
-        .arg("--data")
-        .arg(&data)
-        .args(["--split", "train", "--device", "cpu", "--examples", "0", "--out"])
-        .arg(dir.path().join("report2"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no breakdown by view"));
-    let metrics = std::fs::read_to_string(dir.path().join("report2/metrics.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&metrics).unwrap();
+    let (stderr, v) = eval_train("report2");
+    assert!(stderr.contains("no breakdown by view"), "{stderr}");
     assert_eq!((v["overall"]["count"].as_u64(), v.get("by_view")), (Some(5), None));
     // the matching loss (0.5 × focal on the fusion similarity) is part of the first loss
     let mut plain = tiny_config(1);
